@@ -1,0 +1,186 @@
+"""Command line of the MNER toolkit: ``python cli.py --help``.
+
+Thin by design: each command builds a config, calls one library function, shows progress and turns
+the library's typed errors into one-line messages (``--debug`` shows the traceback instead).
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.errors import MnerError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def data_dir_option(f):
+    return click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"),
+                        show_default=True,
+                        help="Folder with train.txt, valid.txt and test.txt (UMT format).")(f)
+
+
+def image_dir_option(f):
+    return click.option("--image-dir", type=click.Path(path_type=Path), default=None,
+                        help="Folder of <IMGID>.jpg images [default: <data-dir>/images if present].")(f)
+
+
+def captions_option(f):
+    return click.option("--captions", type=click.Path(path_type=Path), default=None,
+                        help="Captions file '<id>.jpg :<caption>' "
+                             "[default: the one file in <data-dir>/image_captions/].")(f)
+
+
+def artifacts_option(f):
+    return click.option("--artifacts", type=click.Path(path_type=Path), default=Path("artifacts"),
+                        show_default=True, help="Output root for features, graphs and runs.")(f)
+
+
+def device_option(f):
+    return click.option("--device", default="auto", show_default=True,
+                        help="cpu, cuda, cuda:N, or auto (cuda when available).")(f)
+
+
+def quiet_option(f):
+    return click.option("--quiet", is_flag=True, help="No progress bars.")(f)
+
+
+def progress_factory(quiet: bool):
+    """tqdm bars on stderr, or silent ones under --quiet."""
+    from pipeline.progress import no_progress
+    if quiet:
+        return no_progress
+    from tqdm import tqdm
+    return functools.partial(tqdm, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+
+def friendly_errors(f):
+    """Turn the library's ``MnerError`` into a one-line ``Error: ...`` (exit 1) unless --debug."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except MnerError as err:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            raise click.ClickException(str(err)) from None
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def main(debug):
+    """Multimodal NER on tweets with images: the R-GCN method (ACM MM 2022), staged.
+
+    \b
+    Stages, each reusing the cached output of the one before:
+      extract       image and text features into an HDF5 cache
+      build-graphs  inter-modal and intra-modal neighbour graphs (FAISS)
+      train         the text encoder + GCN + gate + CRF tagger
+      evaluate      re-score a saved run;  predict: tag new tweets
+      stats         per-split counts of a dataset
+    """
+
+
+@main.command(context_settings=CONTEXT)
+@data_dir_option
+@image_dir_option
+@captions_option
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Also write the table to this .csv or .json file.")
+@friendly_errors
+def stats(data_dir, image_dir, captions, output):
+    """Per-split counts: tweets, tokens, entities per type, images and captions found.
+
+    Example: python cli.py stats --data-dir ../shared/data/twitter2017
+    """
+    from pipeline.data import default_captions, default_image_dir, load_dataset
+    from pipeline.stats import split_stats, write_table
+
+    dataset = load_dataset(data_dir, captions or default_captions(data_dir),
+                           image_dir or default_image_dir(data_dir))
+    table = split_stats(dataset)
+    click.echo(f"{dataset.name} ({data_dir})")
+    click.echo(table.T.to_string(na_rep="-"))
+    if output is not None:
+        write_table(table, output)
+        click.echo(f"wrote {output}")
+
+
+def _not_built(issue: int):
+    raise click.ClickException(f"this stage is not built yet (see issue #{issue}); "
+                               "no output was written")
+
+
+@main.command(context_settings=CONTEXT)
+@data_dir_option
+@image_dir_option
+@captions_option
+@artifacts_option
+@device_option
+@quiet_option
+def extract(data_dir, image_dir, captions, artifacts, device, quiet):
+    """Image and text features into an HDF5 cache under <artifacts>/features/.
+
+    Example: python cli.py extract --data-dir ../shared/data/twitter2017
+    """
+    _not_built(3)
+
+
+@main.command("build-graphs", context_settings=CONTEXT)
+@data_dir_option
+@artifacts_option
+@click.option("--k", default=5, show_default=True, help="Neighbours per tweet.")
+@device_option
+@quiet_option
+def build_graphs(data_dir, artifacts, k, device, quiet):
+    """Inter-modal and intra-modal top-K neighbour graphs under <artifacts>/graphs/.
+
+    Example: python cli.py build-graphs --data-dir ../shared/data/twitter2017 --k 5
+    """
+    _not_built(4)
+
+
+@main.command(context_settings=CONTEXT)
+@data_dir_option
+@artifacts_option
+@click.option("--k", default=5, show_default=True, help="Neighbours per tweet.")
+@click.option("--epochs", default=None, type=int, help="Training epochs.")
+@click.option("--seeds", default="1", show_default=True, help="Comma-separated seeds, e.g. 1,2,3.")
+@device_option
+@quiet_option
+def train(data_dir, artifacts, k, epochs, seeds, device, quiet):
+    """Train the GCN-CRF tagger on cached features and graphs; one run folder per seed.
+
+    Example: python cli.py train --data-dir ../shared/data/twitter2017 --seeds 1,2,3
+    """
+    _not_built(5)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--run", type=click.Path(path_type=Path), required=True, help="A run folder.")
+@click.option("--split", default="test", show_default=True, help="train, valid or test.")
+@device_option
+def evaluate(run, split, device):
+    """Re-score a saved run on a split.
+
+    Example: python cli.py evaluate --run artifacts/runs/<id> --split test
+    """
+    _not_built(5)
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--run", type=click.Path(path_type=Path), required=True, help="A run folder.")
+@device_option
+def predict(run, device):
+    """Tag new tweets with a saved run.
+
+    Example: python cli.py predict --run artifacts/runs/<id> --text "Obama visits Paris"
+    """
+    _not_built(5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Model, training loop, metrics and run records for the R-GCN tagger."""
