@@ -1,0 +1,139 @@
+"""Exact top-k search: every backend against a brute-force numpy reference (ties allowed)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import search as search_module
+from pipeline.errors import MissingInput, MnerError
+from pipeline.search import estimate_recall, recall_at_k, same_item_pairs, search
+
+
+def unit(rows, dims, seed=0):
+    x = np.random.default_rng(seed).standard_normal((rows, dims)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute_force(xq, xb, k, exclude=()):
+    """Reference: float64 scores, excluded pairs removed, sorted (stable) best first."""
+    S = xq.astype(np.float64) @ xb.astype(np.float64).T
+    for q, b in exclude:
+        S[q, b] = -np.inf
+    I = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(S, I, axis=1), I, S
+
+
+def assert_exact(D, I, xq, xb, k, exclude=(), atol=1e-5):
+    """Same score multiset per row as brute force; an id that differs must have a tied score."""
+    D_ref, I_ref, S = brute_force(xq, xb, k, exclude)
+    assert D.shape == I.shape == (len(xq), k) and D.dtype == np.float32 and I.dtype == np.int64
+    np.testing.assert_allclose(D, D_ref, atol=atol)
+    np.testing.assert_allclose(np.take_along_axis(S, I, axis=1), D, atol=atol)
+    for row in np.nonzero((I != I_ref).any(axis=1))[0]:
+        for b in set(I[row]) ^ set(I_ref[row]):
+            assert abs(S[row, b] - D_ref[row, -1]) <= atol, (row, b)
+    assert all(len(set(row)) == k for row in I)
+
+
+def with_ties(seed=0):
+    """A pool where every vector appears twice (tied scores) plus unrelated queries."""
+    base = unit(150, 24, seed)
+    return unit(40, 24, seed + 1), np.concatenate([base, base[::-1]])
+
+
+@pytest.mark.parametrize("backend, precision", [("faiss", "auto"), ("torch", "float32"),
+                                                ("torch", "float16"), ("torch", "bfloat16")])
+def test_every_backend_equals_brute_force_with_ties(backend, precision):
+    xq, xb = with_ties()
+    info = {}
+    D, I = search(xq, xb, 7, backend=backend, precision=precision, info=info)
+    assert_exact(D, I, xq, xb, 7)
+    assert info["backend"] == ("faiss-cpu" if backend == "faiss" else "torch")
+
+
+def test_torch_equals_faiss_on_a_larger_pool_in_chunks():
+    xb = unit(2000, 64, 3)
+    xq = xb[:300]
+    D_f, I_f = search(xq, xb, 10, backend="faiss")
+    D_t, I_t = search(xq, xb, 10, backend="torch", chunk_rows=70)
+    np.testing.assert_allclose(D_t, D_f, atol=1e-5)
+    assert (I_t == I_f).mean() > 0.999
+    assert_exact(D_t, I_t, xq, xb, 10)
+
+
+def test_low_precision_rows_too_close_to_call_are_searched_again_in_float32():
+    base = unit(1, 32, 5)
+    xb = np.concatenate([base + 1e-4 * unit(80, 32, 6), unit(40, 32, 7)])
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    xq = base + 1e-3 * unit(3, 32, 8)
+    info = {}
+    D, I = search(xq, xb, 5, backend="torch", precision="float16", info=info)
+    assert info["fallback_rows"] == 3
+    assert_exact(D, I, xq, xb, 5, atol=1e-6)
+
+
+def test_self_and_same_key_pairs_are_excluded():
+    xb = unit(60, 16, 2)
+    xb[7] = xb[3]                       # an exact duplicate of item 3 under another id
+    ids = [f"i{j}" for j in range(60)]
+    sha = ["" for _ in range(60)]
+    sha[3] = sha[7] = "dup"
+    exclude = same_item_pairs(list(zip(ids, sha)), list(zip(ids, sha)))
+    assert sorted(zip(*exclude))[:5] == [(0, 0), (1, 1), (2, 2), (3, 3), (3, 7)]
+    for backend in ("faiss", "torch"):
+        D, I = search(xb, xb, 4, backend=backend, exclude=exclude)
+        assert not (I == np.arange(60)[:, None]).any()
+        assert 7 not in I[3] and 3 not in I[7]
+        pairs = [(q, b) for q, b in zip(*exclude)]
+        assert_exact(D, I, xb, xb, 4, exclude=pairs)
+
+
+def test_empty_keys_never_match_and_keys_match_only_in_their_slot():
+    q, b = same_item_pairs([("a", ""), ("x", "a")], [("b", ""), ("a", "z"), ("c", "")])
+    assert list(zip(q, b)) == [(0, 1)]
+
+
+def test_fewer_candidates_than_k_are_padded_with_minus_one_and_nan():
+    xb = unit(3, 8)
+    D, I = search(xb, xb, 5, exclude=(np.array([0]), np.array([0])))
+    assert (I[0, 2:] == -1).all() and np.isnan(D[0, 2:]).all() and 0 not in I[0]
+    assert (I[1, 3:] == -1).all() and (I[1, :3] >= 0).all()
+    D, I = search(xb[:2], np.zeros((0, 8), np.float32), 2)
+    assert (I == -1).all() and np.isnan(D).all()
+
+
+def test_approximate_indexes_report_their_recall():
+    xb = unit(3000, 32, 4)
+    for kind in ("hnsw", "ivf"):
+        info = {}
+        D, I = search(xb, xb, 10, approx=kind, info=info)
+        assert info["backend"] == f"faiss-{kind}"
+        recall = estimate_recall(xb, xb, I, 10, sample=300)
+        assert 0.8 < recall <= 1.0, (kind, recall)
+    _, I_exact = search(xb, xb, 10)
+    assert estimate_recall(xb, xb, I_exact, 10, sample=200) == 1.0
+    assert recall_at_k(np.array([[1, 2, -1]]), np.array([[2, 3, -1]])) == 0.5
+
+
+def test_without_faiss_auto_falls_back_to_torch_and_faiss_is_refused(monkeypatch):
+    monkeypatch.setattr(search_module, "load_faiss", lambda: None)
+    xb = unit(50, 8)
+    info = {}
+    D, I = search(xb, xb, 3, info=info)
+    assert info["backend"] == "torch"
+    assert_exact(D, I, xb, xb, 3)
+    with pytest.raises(MissingInput) as err:
+        search(xb, xb, 3, backend="faiss")
+    assert str(err.value) == ("the faiss backend needs faiss (pip install faiss-cpu); "
+                              "or use --backend torch")
+    with pytest.raises(MissingInput, match=r"^approximate search \(hnsw\) needs faiss"):
+        search(xb, xb, 3, approx="hnsw")
+
+
+def test_bad_shapes_and_names_are_refused():
+    with pytest.raises(MnerError) as err:
+        search(unit(2, 8), unit(3, 9), 1)
+    assert str(err.value) == ("query vectors have 8 dims but pool vectors 9; both must come from "
+                              "the same encoder")
+    with pytest.raises(MnerError, match="^unknown search backend 'gpu'; use one of auto, faiss, "):
+        search(unit(2, 8), unit(3, 8), 1, backend="gpu")
