@@ -133,14 +133,61 @@ def extract(data_dir, image_dir, captions, artifacts, device, quiet):
 @data_dir_option
 @artifacts_option
 @click.option("--k", default=5, show_default=True, help="Neighbours per tweet.")
+@click.option("--pool", type=click.Choice(["all", "train"]), default="all", show_default=True,
+              help="Candidate images: all splits (the paper's transductive setting; images, never "
+                   "labels) or train only (inductive).")
+@click.option("--features", multiple=True, type=click.Path(path_type=Path),
+              help="A feature manifest.json or .h5 files (repeat) "
+                   "[default: <artifacts>/features/<dataset>/manifest.json].")
+@click.option("--relation", "relations", multiple=True,
+              type=click.Choice(["inter", "intra", "none"]),
+              help="Build only these relations (repeat) [default: both]; none: import only.")
+@click.option("--import-rgcn/--no-import-rgcn", default=None,
+              help="Import the authors' lists from <data-dir>/rgcn [default: if it exists].")
+@click.option("--hubness", type=click.Choice(["none", "csls"]), default="none", show_default=True,
+              help="Rank neighbours by cosine, or by CSLS to damp hub images.")
+@click.option("--approx", type=click.Choice(["none", "hnsw", "ivf"]), default="none",
+              show_default=True, help="Approximate faiss index (recall vs exact is reported).")
+@click.option("--backend", type=click.Choice(["auto", "faiss", "torch"]), default="auto",
+              show_default=True, help="Exact search backend (all give the same neighbours).")
+@click.option("--plot", type=click.Path(path_type=Path), default=None,
+              help="Also write k-occurrence histograms to this PNG.")
+@click.option("--overwrite", is_flag=True, help="Replace graph files that differ.")
 @device_option
 @quiet_option
-def build_graphs(data_dir, artifacts, k, device, quiet):
+@friendly_errors
+def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn, hubness, approx,
+                 backend, plot, overwrite, device, quiet):
     """Inter-modal and intra-modal top-K neighbour graphs under <artifacts>/graphs/.
+
+    \b
+    inter: tweet text -> images (same embedding space); intra: the tweet's image -> images
+    (object-type vectors). The authors' lists in <data-dir>/rgcn are imported alongside.
+    Prints hubness / coverage / score diagnostics and the overlap@K of ours vs theirs.
 
     Example: python cli.py build-graphs --data-dir ../shared/data/twitter2017 --k 5
     """
-    _not_built(4)
+    from pipeline.data import load_dataset
+    from pipeline.diagnostics import plot_k_occurrence, report
+    from pipeline.graphs import RELATIONS, GraphConfig, build_graphs as build, read_graph
+
+    dataset = load_dataset(data_dir)
+    config = GraphConfig(k=k, pool=pool, hubness=hubness, approx=None if approx == "none" else approx,
+                         relations=() if "none" in relations else (relations or RELATIONS),
+                         backend=backend, device=device)
+    rgcn_dir = Path(data_dir) / "rgcn"
+    use_rgcn = rgcn_dir.is_dir() if import_rgcn is None else import_rgcn
+    results = build(dataset, artifacts, config, features=features,
+                    rgcn_dir=rgcn_dir if use_rgcn else None, overwrite=overwrite,
+                    progress=progress_factory(quiet))
+    graphs = {r.name: read_graph(r.path) for r in results}
+    for result in results:
+        click.echo(f"{'reused' if result.reused else 'wrote'} {result.name}: {result.path}")
+        for note in graphs[result.name].attrs.get("notes", []):
+            click.echo(f"  {note}")
+    click.echo(report(graphs, k))
+    if plot is not None:
+        click.echo(f"wrote {plot_k_occurrence(graphs, plot, k)}")
 
 
 @main.command(context_settings=CONTEXT)

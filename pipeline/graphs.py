@@ -1,0 +1,279 @@
+"""Neighbour graphs from cached features: for every tweet its top-K images, per relation.
+
+- ``inter`` (inter-modal): the tweet's ``text`` vector against the ``image_global`` vectors of the
+  pool; both views must live in the same space (e.g. the sentence encoder applied to the tweet and
+  to a caption of the image), else ``SpaceMismatch``.
+- ``intra`` (intra-modal): the ``object_types`` vector of the tweet's own image against the others'.
+
+Cosine similarity (inner product of L2-normalised vectors), exact search by default (see
+``search.py``). The pool is every image of the dataset (``pool="all"``, the paper's transductive
+setting: images, never labels) or the train images only (``pool="train"``, inductive). A query with
+no usable vector (``valid=False``, all-zero) gets no neighbours and is flagged; such pool images are
+left out. The tweet's own image and exact duplicates of it (same ``content_sha256``) are never
+neighbours. ``hubness="csls"`` ranks by CSLS, 2cos(q,b) - r_q - r_b (r: mean cosine to one's
+``csls_k`` nearest on the other side), exactly, through an augmented inner product; ``D`` keeps
+the cosine of the chosen neighbours as edge weight.
+
+The authors' published lists are imported into the same format by ``graph_import.import_rgcn``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import fingerprint, ids_fingerprint
+from .data import Dataset
+from .errors import InvalidConfig, MissingInput, MnerError, SpaceMismatch
+from .graph_store import (Graph, graph_path, load_graph_manifest, read_graph, reusable,
+                          update_graph_manifest, write_graph)
+from .progress import no_progress
+from .search import APPROX, BACKENDS, estimate_recall, same_item_pairs, search
+
+__all__ = ["GraphConfig", "BuildResult", "build_graphs", "resolve_features", "read_graph",
+           "load_graph_manifest", "search", "Graph"]
+
+FORMAT_VERSION = 1
+RELATIONS = ("inter", "intra")
+VIEWS = {"inter": ("text", "image_global"), "intra": ("object_types", "object_types")}
+POOLS = {"all": ("train", "valid", "test"), "train": ("train",)}
+HUBNESS = ("none", "csls")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise InvalidConfig(message)
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """How graphs are built. ``relations=()`` builds none of ours (import only). ``backend``,
+    ``device`` and ``recall_sample`` do not change exact results and are not in the fingerprint."""
+
+    k: int = 5
+    pool: str = "all"
+    hubness: str = "none"
+    csls_k: int = 10
+    approx: str | None = None
+    relations: tuple[str, ...] = RELATIONS
+    backend: str = "auto"
+    device: str = "auto"
+    recall_sample: int = 1000
+
+    def __post_init__(self):
+        object.__setattr__(self, "relations", tuple(self.relations))
+        _check(1 <= self.k <= 1000, f"graph k must be in 1..1000, got {self.k}")
+        _check(self.pool in POOLS, f"graph pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        _check(self.hubness in HUBNESS,
+               f"hubness must be one of {', '.join(HUBNESS)}, got {self.hubness!r}")
+        _check(self.csls_k >= 1, f"csls_k must be at least 1, got {self.csls_k}")
+        _check(self.approx in (None, *APPROX),
+               f"approx must be one of {', '.join(APPROX)} or none, got {self.approx!r}")
+        _check(self.backend in BACKENDS,
+               f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        _check(set(self.relations) <= set(RELATIONS),
+               f"relations must be among {', '.join(RELATIONS)}, got {', '.join(self.relations)}")
+
+    def recipe(self) -> dict:
+        """The settings that change the graph (its fingerprint)."""
+        return {"k": self.k, "pool": self.pool, "metric": "cosine", "hubness": self.hubness,
+                "csls_k": self.csls_k if self.hubness == "csls" else None, "approx": self.approx}
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class BuildResult:
+    name: str                # inter, intra, inter-rgcn, intra-rgcn
+    path: Path
+    reused: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_features(artifacts, dataset: str, given=()) -> dict[str, Path]:
+    """Feature files by view: the extract manifest by default, else the given manifest / files."""
+    import h5py
+
+    if not given:
+        from .features import load_manifest
+        return {view: Path(p) for view, p in load_manifest(artifacts, dataset).items()}
+    views: dict[str, Path] = {}
+    for path in map(Path, given):
+        if not path.is_file():
+            raise MissingInput(f"{path}: feature file not found; check --features")
+        if path.suffix == ".json":
+            entries = json.loads(path.read_text())["views"]
+            views.update({v: path.parent / e["file"] for v, e in entries.items()})
+        else:
+            with h5py.File(path, "r") as h5:
+                view = h5.attrs.get("view")
+            if not view:
+                raise MissingInput(f"{path}: not a feature file (no 'view' attribute); pass the "
+                                   "files or manifest.json written by `python cli.py extract`")
+            views[view.decode() if isinstance(view, bytes) else str(view)] = path
+    return views
+
+
+@dataclass
+class _View:
+    name: str
+    path: Path
+    space: str
+    fingerprint: str
+    features: object            # FeatureSet
+    sha: dict[str, str]
+
+
+def _load_view(views: dict[str, Path], name: str, dataset: str, cache: dict) -> _View:
+    from .features import read_features
+
+    if name not in views:
+        raise MissingInput(f"no '{name}' features for {dataset} (have: "
+                           f"{', '.join(sorted(views)) or 'none'}); run `python cli.py extract` "
+                           f"for that view first")
+    if name not in cache:
+        fs = read_features(views[name])
+        owner = fs.attrs.get("dataset")
+        if owner and owner != dataset:
+            raise MnerError(f"{views[name]}: features of {owner}, not {dataset}; pass the "
+                            f"features of {dataset}")
+        cache[name] = _View(name, Path(views[name]), str(fs.attrs.get("space")),
+                            str(fs.attrs.get("fingerprint")), fs, _content_hashes(fs))
+    return cache[name]
+
+
+def _content_hashes(fs) -> dict[str, str]:
+    """``item_id -> content_sha256`` of an image view ({} when the file has none)."""
+    import h5py
+
+    values = getattr(fs, "content_sha256", None)
+    if values is None:
+        with h5py.File(fs.path, "r") as h5:
+            if "content_sha256" not in h5:
+                return {}
+            values = h5["content_sha256"].asstr()[()]
+    return {item: sha for item, sha in zip(fs.item_ids, values) if sha}
+
+
+def _usable(view: _View, ids: list[str]):
+    """Normalised vectors, which rows are usable, and why the others are not."""
+    X, valid = view.features.rows(ids)
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2:
+        raise MnerError(f"{view.path}: '{view.name}' features have shape {X.shape}; graphs need "
+                        "one vector per item")
+    norms = np.linalg.norm(X, axis=1)
+    ok = np.asarray(valid, bool) & (norms > 0) & np.isfinite(norms)
+    X = np.where(ok[:, None], X / np.where(ok, norms, 1)[:, None], 0).astype(np.float32)
+    row = {item: r for r, item in enumerate(view.features.item_ids)}
+    reasons = ["" if good else f"{view.name}: " + (view.features.reason[row[item]] if not v
+                                                    else "all-zero vector")
+               for item, good, v in zip(ids, ok, valid)]
+    return X, ok, reasons
+
+
+def _row_means(D) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nan_to_num(np.nanmean(D, axis=1))
+
+
+def _rank(xq, xb, exclude, config: GraphConfig, progress, info: dict):
+    """``(D, I)``: cosine scores and pool rows of the top-k, ranked by cosine or CSLS."""
+    opts = dict(backend=config.backend, device=config.device, approx=config.approx,
+                progress=progress)
+    if config.hubness == "csls":
+        r_q = _row_means(search(xq, xb, config.csls_k, exclude=exclude, **opts)[0])
+        r_b = _row_means(search(xb, xq, config.csls_k, exclude=exclude[::-1], **opts)[0])
+        info["csls"] = {"r_q_mean": float(r_q.mean()), "r_b_mean": float(r_b.mean())}
+        xq = np.hstack([2 * xq, -np.ones((len(xq), 1), np.float32)])
+        xb = np.hstack([xb, r_b[:, None].astype(np.float32)])
+    _, I = search(xq, xb, config.k, exclude=exclude, info=info, **opts)
+    if config.approx:
+        info["recall_at_k"] = estimate_recall(
+            xq, xb, I, config.k, exclude=exclude, sample=config.recall_sample,
+            backend="faiss" if config.backend == "auto" else config.backend, device=config.device)
+    d = xq.shape[1] - (1 if config.hubness == "csls" else 0)
+    scale = 2.0 if config.hubness == "csls" else 1.0
+    D = np.einsum("nd,nkd->nk", xq[:, :d], xb[np.maximum(I, 0), :d]) / scale
+    return np.where(I >= 0, D, np.nan).astype(np.float32), I
+
+
+def _fingerprint(relation, dataset: Dataset, pool_ids, inputs, config: GraphConfig) -> str:
+    return fingerprint({"format": FORMAT_VERSION, "relation": relation, "source": "ours",
+                        "dataset": dataset.name, "queries": ids_fingerprint(dataset.item_ids()),
+                        "pool_candidates": ids_fingerprint(pool_ids), "recipe": config.recipe(),
+                        "inputs": inputs})
+
+
+def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], artifacts,
+                   config: GraphConfig, *, overwrite=False, progress=no_progress,
+                   _cache: dict | None = None) -> BuildResult:
+    """Build (or reuse) one relation's graph file; see the module docstring."""
+    cache = {} if _cache is None else _cache
+    qv, bv = (_load_view(views, name, dataset.name, cache) for name in VIEWS[relation])
+    if qv.space != bv.space:
+        raise SpaceMismatch(f"{relation} graph: {qv.name} features are in space {qv.space!r} but "
+                            f"{bv.name} features in {bv.space!r}; extract both with the same "
+                            "encoder/bridge")
+    candidates = [i for split in POOLS[config.pool] for i in dataset.item_ids(split)]
+    inputs = {v.name: {"file": v.path.name, "fingerprint": v.fingerprint} for v in (qv, bv)}
+    fp = _fingerprint(relation, dataset, candidates, inputs, config)
+    path = graph_path(artifacts, dataset.name, relation, "ours", fp)
+    if reusable(path, fp, overwrite):
+        return BuildResult(relation, path, reused=True)
+    queries = dataset.item_ids()
+    xq, q_ok, reasons = _usable(qv, queries)
+    xb, b_ok, _ = _usable(bv, candidates)
+    pool_ids = [item for item, ok in zip(candidates, b_ok) if ok]
+    if not pool_ids:
+        raise MnerError(f"{bv.path}: no usable '{bv.name}' vector in the {config.pool} pool; "
+                        "check the extract output")
+    sha = {**bv.sha, **qv.sha}
+    live = np.nonzero(q_ok)[0]
+    exclude = same_item_pairs([(queries[r], sha.get(queries[r], "")) for r in live],
+                              [(item, sha.get(item, "")) for item in pool_ids])
+    info: dict = {}
+    D_live, I_live = _rank(xq[live], xb[b_ok], exclude, config, progress, info)
+    I = np.full((len(queries), config.k), -1, np.int64)
+    D = np.full((len(queries), config.k), np.nan, np.float32)
+    I[live], D[live] = I_live, D_live
+    notes = [f"{len(live)}/{len(queries)} queries searched, {len(queries) - len(live)} flagged; "
+             f"pool {len(pool_ids)} images ({len(candidates) - len(pool_ids)} left out: invalid "
+             f"or all-zero); backend {info.get('backend')}"]
+    if "recall_at_k" in info:
+        notes.append(f"approximate ({config.approx}) recall@{config.k} vs exact: "
+                     f"{info['recall_at_k']:.4f} on {min(config.recall_sample, len(live))} queries")
+    attrs = {"relation": relation, "source": "ours", "k": config.k, "pool": config.pool,
+             "metric": "cosine", "ranking": "csls" if config.hubness == "csls" else "cosine",
+             "space": qv.space, "dataset": dataset.name, "inputs": inputs,
+             "config": config.as_dict(), "fingerprint": fp, "backend": str(info.get("backend")),
+             "notes": notes}
+    if "recall_at_k" in info:
+        attrs["recall_at_k"] = info["recall_at_k"]
+    graph = Graph(queries, pool_ids, I, D, ~q_ok, attrs, flag_reason=reasons)
+    write_graph(graph, path)
+    return BuildResult(relation, path, reused=False, notes=notes)
+
+
+def build_graphs(dataset: Dataset, artifacts, config: GraphConfig, *, features=(),
+                 rgcn_dir=None, overwrite=False, progress=no_progress) -> list[BuildResult]:
+    """Build our relations (``config.relations``) and, with ``rgcn_dir``, import the authors' lists;
+    record them in ``<artifacts>/graphs/<dataset>/manifest.json``."""
+    results = []
+    if config.relations:
+        views = resolve_features(artifacts, dataset.name, features)
+        cache: dict = {}
+        for relation in config.relations:
+            results.append(build_relation(relation, dataset, views, artifacts, config,
+                                          overwrite=overwrite, progress=progress, _cache=cache))
+    if rgcn_dir is not None:
+        from .graph_import import import_rgcn
+        results.extend(import_rgcn(dataset, rgcn_dir, artifacts, overwrite=overwrite))
+    update_graph_manifest(artifacts, dataset.name, {r.name: r.path for r in results})
+    return results
