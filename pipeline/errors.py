@@ -37,3 +37,11 @@ class UnknownEncoder(MnerError):
 
 class SpaceMismatch(MnerError):
     """Vectors from two different embedding spaces were about to be compared."""
+
+
+class InvalidConfig(MnerError):
+    """A configuration value or combination that cannot work (bad config.json, bad flag)."""
+
+
+class CorruptInput(MnerError):
+    """A file is there but its content is not what it should be (checksum, size, format)."""

@@ -1,0 +1,190 @@
+"""The one place where the tagger's defaults live: ``TrainConfig`` with nested ``ModelConfig`` and
+``OptimConfig``. Frozen, validated in ``__post_init__``, and written to / read from JSON so a run's
+``config.json`` loads straight back (``TrainConfig.from_json(path)``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import InvalidConfig
+
+NODE_VIEWS = ("auto", "region_grid", "image_global")
+REGION_POOLS = ("attention", "mean")
+GRAPH_SOURCES = ("ours", "rgcn")
+POOLS = ("all", "train")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise InvalidConfig(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What the tagger is. ``text_only`` switches every image input off (and with it the graphs and
+    the gate); ``inter``/``intra`` switch one relation graph off (the tweet's own image stays);
+    ``gate=False`` fuses by plain addition; ``shape=False`` drops the word-shape features."""
+
+    encoder: str = "minilm-l6"
+    text_only: bool = False
+    inter: bool = True
+    intra: bool = True
+    gate: bool = True
+    shape: bool = True
+    k: int = 5                        # neighbours per relation used from the graph files
+    node_view: str = "auto"           # auto: region grids if extracted, else image_global vectors
+    region_pool: str = "attention"    # how a region grid (R x D) becomes one node vector
+    graph_dim: int = 256
+    gcn_layers: int = 1
+    heads: int = 4
+    dropout: float = 0.1
+    max_subwords: int = 128
+    bio_constraints: bool = True      # Viterbi decoding never outputs an I-X that continues nothing
+
+    def __post_init__(self):
+        if self.text_only:  # one switch: no image information at all, so nothing image-side is on
+            for name in ("inter", "intra", "gate"):
+                object.__setattr__(self, name, False)
+        _check(bool(self.encoder), "model.encoder must name an encoder, e.g. minilm-l6")
+        _check(1 <= self.k <= 100, f"model.k must be in 1..100, got {self.k}")
+        _check(self.node_view in NODE_VIEWS,
+               f"model.node_view must be one of {', '.join(NODE_VIEWS)}, got {self.node_view!r}")
+        _check(self.region_pool in REGION_POOLS, "model.region_pool must be one of "
+               f"{', '.join(REGION_POOLS)}, got {self.region_pool!r}")
+        _check(self.graph_dim > 0 and self.heads > 0 and self.graph_dim % self.heads == 0,
+               f"model.graph_dim ({self.graph_dim}) must be a positive multiple of model.heads "
+               f"({self.heads})")
+        _check(1 <= self.gcn_layers <= 8, f"model.gcn_layers must be in 1..8, got {self.gcn_layers}")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.max_subwords >= 8, f"model.max_subwords must be >= 8, got {self.max_subwords}")
+
+    @property
+    def uses_image(self) -> bool:
+        return not self.text_only
+
+    def variant(self) -> str:
+        """A short name for the ablation: full, text-only, no-inter, no-intra, no-graphs, ..."""
+        if self.text_only:
+            parts = ["text-only"]
+        elif not self.inter and not self.intra:
+            parts = ["no-graphs"]
+        else:
+            parts = [] + (["no-inter"] if not self.inter else []) + (
+                ["no-intra"] if not self.intra else [])
+        parts += (["no-gate"] if self.uses_image and not self.gate else []) + (
+            ["no-shape"] if not self.shape else [])
+        return "-".join(parts) or "full"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """How it is trained: AdamW with two learning rates, linear warm-up then linear decay to zero,
+    gradient clipping, early stopping on the validation F1 (conlleval mode)."""
+
+    epochs: int = 15
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    lr_encoder: float = 1e-4
+    lr_head: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.1               # fraction of all steps
+    clip: float = 1.0
+    patience: int = 4                 # epochs without a better valid F1 before stopping
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, f"optim.epochs must be >= 1, got {self.epochs}")
+        _check(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1")
+        _check(self.lr_encoder >= 0 and self.lr_head > 0,
+               "optim.lr_encoder must be >= 0 (0 freezes the encoder) and optim.lr_head > 0")
+        _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
+        _check(0.0 <= self.warmup < 1.0, f"optim.warmup must be in [0, 1), got {self.warmup}")
+        _check(self.clip > 0, f"optim.clip must be > 0, got {self.clip}")
+        _check(self.patience >= 1, f"optim.patience must be >= 1, got {self.patience}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: data, the cached inputs to use, model, optimiser, seed and device.
+
+    ``features``/``inter_graph``/``intra_graph`` name files explicitly; left as None they come from
+    the manifests that ``extract`` and ``build-graphs`` wrote for the dataset (``graph_source``
+    picks ours or the authors' imported lists). ``pool`` is the pool the graphs must have been
+    built over (``all`` = transductive, the paper's; ``train`` = inductive).
+    """
+
+    data_dir: str
+    artifacts: str = "artifacts"
+    seed: int = 1
+    device: str = "auto"
+    precision: str = "auto"           # auto: bf16 autocast on CUDA, fp32 on CPU
+    deterministic: bool = False
+    graph_source: str = "ours"
+    pool: str = "all"
+    features: str | None = None
+    inter_graph: str | None = None
+    intra_graph: str | None = None
+    slug: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self):
+        for name in ("data_dir", "artifacts", "features", "inter_graph", "intra_graph"):
+            value = getattr(self, name)
+            if isinstance(value, Path):
+                object.__setattr__(self, name, str(value))
+        _check(self.graph_source in GRAPH_SOURCES, "graph_source must be one of "
+               f"{', '.join(GRAPH_SOURCES)}, got {self.graph_source!r}")
+        _check(self.pool in POOLS, f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        _check(self.precision in PRECISIONS,
+               f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check(self.slug is None or (self.slug and all(c.isalnum() or c in "-_." for c in self.slug)),
+               f"slug {self.slug!r} may hold only letters, digits, '-', '_' and '.'")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path=None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        if path is not None:
+            from pipeline.artifacts import atomic_path
+            with atomic_path(path) as tmp:
+                Path(tmp).write_text(text)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "config") -> "TrainConfig":
+        data = dict(data)
+        nested = {"model": ModelConfig, "optim": OptimConfig}
+        for key, kind in nested.items():
+            if key in data:
+                data[key] = _build(kind, data[key], f"{where}: {key}")
+        return _build(cls, data, where)
+
+    @classmethod
+    def from_json(cls, path) -> "TrainConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise InvalidConfig(f"{path}: config file not found") from None
+        except json.JSONDecodeError as err:
+            raise InvalidConfig(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        return cls.from_dict(data, str(path))
+
+
+def _build(kind, data, where: str):
+    if not isinstance(data, dict):
+        raise InvalidConfig(f"{where}: expected a JSON object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InvalidConfig(f"{where}: unknown key {unknown[0]!r}; valid keys: "
+                            f"{', '.join(sorted(names))}")
+    try:
+        return kind(**data)
+    except TypeError as err:
+        raise InvalidConfig(f"{where}: {err}") from None
