@@ -1,0 +1,66 @@
+"""Fixtures shared by the tagger tests: a tiny random BERT saved to a folder (loaded through
+``pipeline.encoders.load_text_backbone`` like any local model) and in-memory image inputs for the
+tiny dataset."""
+from __future__ import annotations
+
+import string
+
+import numpy as np
+import pytest
+
+from conftest import TINY
+
+WORDS = ["rt", "obama", "paris", "apple", "iphone", "lakers", "center", "the", "at", "in", "today",
+         "visits", "new", "york", "city", "london"]
+
+
+def make_tiny_encoder(folder) -> str:
+    """A 2-layer, 32-wide BERT with random weights and a tiny WordPiece vocabulary."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars] + WORDS
+    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> str:
+    return make_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny-bert")
+
+
+def tiny_image_inputs(dataset, dim: int = 6, regions: int | None = None, k: int = 3, seed: int = 0):
+    """Random node features for every item plus neighbours among the others; item 0's image is
+    invalid (own = -1) and flagged in both relations."""
+    from trainer.batches import ImageInputs
+
+    rng = np.random.default_rng(seed)
+    items = dataset.item_ids()
+    n = len(items)
+    shape = (n, dim) if regions is None else (n, regions, dim)
+    table = rng.standard_normal(shape).astype(np.float32)
+    own = np.arange(n, dtype=np.int64)
+    own[0] = -1
+    inter = np.stack([rng.choice([j for j in range(1, n) if j != i], k, replace=False)
+                      for i in range(n)]).astype(np.int64)
+    intra = np.stack([rng.choice([j for j in range(1, n) if j != i], k, replace=False)
+                      for i in range(n)]).astype(np.int64)
+    inter[0] = -1
+    intra[0] = -1
+    intra[1, -1] = -1
+    score = rng.uniform(0.2, 1.0, (n, k)).astype(np.float32)
+    return ImageInputs(items, table, own, inter, score, intra, score.copy(),
+                       view="image_global" if regions is None else "region_grid")
+
+
+@pytest.fixture
+def tiny_dataset():
+    from pipeline.data import load_dataset
+    return load_dataset(TINY)

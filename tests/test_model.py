@@ -1,0 +1,165 @@
+"""The tagger: tokenisation and shapes, every ablation switch, CRF decoding, masking of missing images."""
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.encoders import load_text_backbone
+from pipeline.labels import entities, label_list
+from tagger_fixtures import tiny_dataset, tiny_encoder, tiny_image_inputs  # noqa: F401 (fixtures)
+from trainer.batches import SHAPE_FEATURES, Collator, encode, word_shape
+from trainer.config import ModelConfig
+from trainer.model import Tagger, allowed_transitions, viterbi
+
+LABELS = label_list()
+LABEL2ID = {t: i for i, t in enumerate(LABELS)}
+ABLATIONS = {"full": {}, "no-inter": {"inter": False}, "no-intra": {"intra": False},
+             "no-graphs": {"inter": False, "intra": False}, "no-gate": {"gate": False},
+             "text-only": {"text_only": True}, "no-shape": {"shape": False}}
+
+
+def build(encoder, dataset, image, **flags):
+    torch.manual_seed(0)
+    config = ModelConfig(encoder=encoder, k=3, graph_dim=8, heads=2, **flags)
+    tokenizer, backbone, _ = load_text_backbone(encoder)
+    tweets = dataset.tweets("train")
+    encoded = encode(tweets, tokenizer, LABEL2ID, config.max_subwords)
+    rows = np.array([image.row_of[t.item_id] for t in tweets])
+    collator = Collator(encoded, tokenizer.pad_token_id, image if config.uses_image else None, rows,
+                        config.inter, config.intra, config.k)
+    model = Tagger(config, backbone, LABELS, image.node_shape if config.uses_image else None)
+    table = torch.from_numpy(image.table) if config.uses_image else None
+    return model, collator(list(range(len(tweets)))).to("cpu", table), config
+
+
+def test_word_shapes():
+    assert len(word_shape("Obama", 0)) == len(SHAPE_FEATURES)
+    named = lambda w, i=1: {n for n, v in zip(SHAPE_FEATURES, word_shape(w, i)) if v}  # noqa: E731
+    assert named("Obama", 0) == {"init_cap", "first_word"}
+    assert named("NASA") == {"init_cap", "all_caps"}
+    assert named("iPhone") == {"inner_cap"}
+    assert named("@user") == {"mention", "lower"}
+    assert named("#NBA") == {"hashtag", "all_caps"}
+    assert named("http://t.co/x1") == {"url", "lower", "has_digit"}
+    assert named("2017") == {"has_digit", "all_digit"}
+    assert named(":") == {"punct"}
+    assert named("café") == {"lower", "non_ascii"}
+
+
+def test_first_subword_alignment_keeps_every_word(tiny_encoder):
+    tokenizer, _, _ = load_text_backbone(tiny_encoder)
+    tweet = SimpleNamespace(item_id="x", tokens=("Obamaville", "\u00a0", "visits", "\x01"),
+                            tags=("B-PER", "O", "O", "B-LOC"))
+    enc = encode([tweet], tokenizer, LABEL2ID, max_subwords=128)
+    assert len(enc.first[0]) == 4 and enc.truncated_words == 0
+    pieces = tokenizer.convert_ids_to_tokens(enc.input_ids[0].tolist())
+    assert [pieces[p] for p in enc.first[0]] == ["obama", "[UNK]", "visits", "[UNK]"]
+    assert enc.labels[0].tolist() == [LABEL2ID[t] for t in tweet.tags]
+    short = encode([tweet], tokenizer, LABEL2ID, max_subwords=8)   # CLS + 6 pieces + SEP
+    assert len(short.first[0]) < 4 and short.truncated_words == 4 - len(short.first[0])
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_every_ablation_runs_and_changes_the_model(name, tiny_encoder, tiny_dataset):
+    image = tiny_image_inputs(tiny_dataset, k=3)
+    full, full_batch, _ = build(tiny_encoder, tiny_dataset, image)
+    model, batch, config = build(tiny_encoder, tiny_dataset, image, **ABLATIONS[name])
+    assert config.variant() == name
+    loss = model.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.emit.weight.grad is not None
+    if model.image is not None:
+        assert model.image.attend.q.weight.grad.abs().sum() > 0
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    inputs = lambda b: {k for k, v in vars(b).items() if v is not None}  # noqa: E731
+    if name == "full":
+        assert count(model) == count(full)
+    else:
+        assert count(model) < count(full) or inputs(batch) != inputs(full_batch)
+    if name in ("no-inter", "no-graphs", "text-only"):
+        assert batch.inter is None
+    if name in ("no-intra", "no-graphs", "text-only"):
+        assert batch.intra is None
+    if name == "text-only":
+        assert batch.own is None and model.image is None
+
+
+def test_region_grids_are_pooled_by_attention_or_mean(tiny_encoder, tiny_dataset):
+    image = tiny_image_inputs(tiny_dataset, dim=5, regions=4, k=3)
+    for pool in ("attention", "mean"):
+        model, batch, _ = build(tiny_encoder, tiny_dataset, image, region_pool=pool)
+        assert batch.intra_x.shape[-2:] == (4, 5)
+        assert torch.isfinite(model.loss(batch))
+
+
+def test_masked_neighbours_and_invalid_images_never_reach_the_output(tiny_encoder, tiny_dataset):
+    image = tiny_image_inputs(tiny_dataset, k=3)
+    model, batch, _ = build(tiny_encoder, tiny_dataset, image)
+    model.eval()
+    before = model.emissions(batch)
+    # table row 0 is item 0's own image, which is invalid: it is referenced only through masked
+    # slots (own = -1 and -1 neighbours gather row 0), so its values must not matter
+    image.table[0] = 1e6
+    _, batch2, _ = build(tiny_encoder, tiny_dataset, image)
+    torch.testing.assert_close(model.emissions(batch2), before)
+    # ... while a real neighbour's features do matter
+    used = int(batch.inter[1, 0])
+    image.table[used] += 3.0
+    _, batch3, _ = build(tiny_encoder, tiny_dataset, image)
+    assert not torch.allclose(model.emissions(batch3)[1], before[1])
+
+
+def is_valid_bio(tags) -> bool:
+    previous = "O"
+    for tag in tags:
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            return False
+        previous = tag
+    return True
+
+
+def test_crf_decoding_returns_valid_bio(tiny_encoder, tiny_dataset):
+    image = tiny_image_inputs(tiny_dataset, k=3)
+    model, batch, _ = build(tiny_encoder, tiny_dataset, image)
+    torch.nn.init.normal_(model.crf.transitions, std=5.0)   # make invalid paths tempting
+    torch.nn.init.normal_(model.emit.weight, std=5.0)
+    ids = model.decode(batch)
+    lengths = batch.word_mask.sum(1).tolist()
+    sequences = [[LABELS[i] for i in row[:n]] for row, n in zip(ids.tolist(), lengths)]
+    assert all(is_valid_bio(s) for s in sequences)
+    assert [len(s) for s in sequences] == [len(t.tokens) for t in tiny_dataset.tweets("train")]
+    for s in sequences:  # valid BIO: conlleval and strict modes see the same entities
+        assert entities(s, "conlleval") == entities(s, "strict")
+
+
+@torch.no_grad()
+def test_viterbi_equals_brute_force_and_pytorch_crf():
+    from torchcrf import CRF
+    torch.manual_seed(1)
+    tags, length = 4, 4
+    crf = CRF(tags, batch_first=True)
+    emissions = torch.randn(3, length, tags)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    ours = viterbi(emissions, mask, crf.start_transitions, crf.transitions, crf.end_transitions)
+    theirs = crf.decode(emissions, mask)
+    for b, path in enumerate(theirs):
+        assert ours[b, :len(path)].tolist() == path
+        n = len(path)
+        best = max(itertools.product(range(tags), repeat=n), key=lambda p: float(
+            crf.start_transitions[p[0]] + crf.end_transitions[p[-1]]
+            + sum(emissions[b, i, p[i]] for i in range(n))
+            + sum(crf.transitions[p[i - 1], p[i]] for i in range(1, n))))
+        assert list(best) == path
+
+
+def test_allowed_transitions_follow_bio():
+    start, trans = allowed_transitions(LABELS)
+    i = LABELS.index
+    assert start[i("B-PER")] and start[i("O")] and not start[i("I-PER")]
+    assert trans[i("B-PER"), i("I-PER")] and trans[i("I-PER"), i("I-PER")]
+    assert not trans[i("O"), i("I-PER")] and not trans[i("B-LOC"), i("I-PER")]

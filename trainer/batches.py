@@ -1,0 +1,253 @@
+"""From tweets to tensors: tokenisation with first-subword labelling, word-shape features, and the
+image-side inputs of each example (its own image node and its neighbour nodes in both relations).
+
+Everything is prepared once per split (``encode``) and padded per batch (``Collator``). Node
+features are never copied per batch on the CPU: a batch carries row indices into one node table
+that sits on the device, and ``Batch.to`` gathers the rows there.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from pipeline.errors import InvalidConfig
+
+SHAPE_FEATURES = ("init_cap", "all_caps", "inner_cap", "lower", "mention", "hashtag", "url",
+                  "has_digit", "all_digit", "punct", "non_ascii", "first_word")
+_URL = re.compile(r"^(https?://|www\.)|\.(com|org|net|ly|co)(/|$)", re.IGNORECASE)
+
+
+def word_shape(word: str, position: int) -> list[int]:
+    """Binary shape features of one (cased) word, in ``SHAPE_FEATURES`` order."""
+    letters = [c for c in word if c.isalpha()]
+    return [
+        int(word[:1].isupper()),
+        int(len(letters) > 1 and all(c.isupper() for c in letters)),
+        int(any(c.isupper() for c in word[1:]) and any(c.islower() for c in word)),
+        int(bool(letters) and all(c.islower() for c in letters)),
+        int(word.startswith("@") and len(word) > 1),
+        int(word.startswith("#") and len(word) > 1),
+        int(bool(_URL.search(word))),
+        int(any(c.isdigit() for c in word)),
+        int(word.isdigit()),
+        int(not any(c.isalnum() for c in word)),
+        int(any(ord(c) > 127 for c in word)),
+        int(position == 0),
+    ]
+
+
+@dataclass
+class ImageInputs:
+    """Node features and neighbours of every item of a dataset, rows aligned with ``item_ids``.
+
+    ``table`` (m, D) or (m, R, D) holds one node per image (a global vector or a region grid);
+    ``own`` (n,) is the row of each item's own image, ``inter``/``intra`` (n, K) the rows of its
+    neighbours by the inter-modal (tweet text -> images) and intra-modal (its image -> images)
+    relation, best first, with their scores in ``*_score``. ``-1`` means "none": an invalid image,
+    a flagged query or a missing neighbour. Those are masked out, never fed as zeros.
+    """
+
+    item_ids: list[str]
+    table: np.ndarray
+    own: np.ndarray
+    inter: np.ndarray
+    inter_score: np.ndarray
+    intra: np.ndarray
+    intra_score: np.ndarray
+    view: str = "image_global"
+
+    def __post_init__(self):
+        n = len(self.item_ids)
+        for name in ("own", "inter", "inter_score", "intra", "intra_score"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"ImageInputs.{name} has {len(getattr(self, name))} rows, "
+                                 f"expected {n} (one per item)")
+        self.row_of = {item: i for i, item in enumerate(self.item_ids)}
+
+    @property
+    def node_shape(self) -> tuple[int, ...]:
+        return tuple(self.table.shape[1:])
+
+
+@dataclass
+class Encoded:
+    """One split, tokenised once. ``first[i]`` holds the subword position of each kept word of
+    example i (words cut by ``max_subwords`` are not kept: ``n_words`` counts all of them)."""
+
+    item_ids: list[str]
+    input_ids: list[np.ndarray]
+    first: list[np.ndarray]
+    shapes: list[np.ndarray]
+    labels: list[np.ndarray]
+    n_words: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def truncated_words(self) -> int:
+        return int(sum(n - len(f) for n, f in zip(self.n_words, self.first)))
+
+
+def encode(examples, tokenizer, label2id: dict[str, int], max_subwords: int) -> Encoded:
+    """Tokenise ``examples`` (objects with ``item_id``, ``tokens`` and ``tags``; tags may be
+    empty for unlabelled text) into subword ids with first-subword positions.
+
+    A word the tokenizer turns into nothing (a bare U+00A0, a control character) is replaced by
+    the tokenizer's unknown token, so every word keeps a position and a tag.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise InvalidConfig("the tagger needs a fast (Rust) tokenizer for word alignment; "
+                            f"{type(tokenizer).__name__} is not one")
+    words = [list(e.tokens) for e in examples]
+    full = tokenizer(words, is_split_into_words=True, add_special_tokens=False)
+    for i, sentence in enumerate(words):
+        present = set(w for w in full.word_ids(i) if w is not None)
+        for j in range(len(sentence)):
+            if j not in present:
+                sentence[j] = tokenizer.unk_token
+    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_subwords)
+    out = Encoded([e.item_id for e in examples], [], [], [], [],
+                  np.array([len(w) for w in words], dtype=np.int64))
+    for i, example in enumerate(examples):
+        word_ids = enc.word_ids(i)
+        first = [p for p, w in enumerate(word_ids) if w is not None and (p == 0 or word_ids[p - 1] != w)]
+        if not first:
+            raise InvalidConfig(f"example {example.item_id}: no word survives max_subwords="
+                                f"{max_subwords}; raise model.max_subwords")
+        kept = len(first)
+        tags = list(example.tags) or ["O"] * len(words[i])
+        out.input_ids.append(np.asarray(enc["input_ids"][i], dtype=np.int64))
+        out.first.append(np.asarray(first, dtype=np.int64))
+        out.shapes.append(np.asarray([word_shape(w, j) for j, w in enumerate(example.tokens[:kept])],
+                                     dtype=np.float32).reshape(kept, len(SHAPE_FEATURES)))
+        out.labels.append(np.asarray([label2id[t] for t in tags[:kept]], dtype=np.int64))
+    return out
+
+
+def star_edges(center_valid: np.ndarray, leaf_rows: np.ndarray, leaf_score: np.ndarray):
+    """Edges of B star graphs with ``1 + K`` node slots each (slot 0 the centre), batched.
+
+    An undirected edge (both directions) joins the centre and each valid leaf, weighted by
+    ``max(score, 0)``; slots of missing nodes get no edge. Returns ``edge_index`` (2, E) int64
+    (PyG layout, node ``b * (1 + K) + slot``), ``edge_weight`` (E,) float32 and the slot mask
+    (B, 1 + K) bool.
+    """
+    batch, k = leaf_rows.shape
+    leaf_valid = leaf_rows >= 0
+    b, j = np.nonzero(leaf_valid & center_valid[:, None])
+    leaf, center = b * (k + 1) + 1 + j, b * (k + 1)
+    weight = np.clip(np.nan_to_num(leaf_score[b, j].astype(np.float32)), 0.0, None)
+    edge_index = np.stack([np.concatenate([leaf, center]), np.concatenate([center, leaf])])
+    mask = np.concatenate([center_valid[:, None], leaf_valid], axis=1)
+    return edge_index.astype(np.int64), np.concatenate([weight, weight]), mask
+
+
+@dataclass
+class Batch:
+    """A padded batch. Text: ``input_ids``/``attention_mask`` (B, S); ``word_index`` (B, W) the
+    first-subword position of each word, ``word_mask`` (B, W); ``shape`` (B, W, F); ``labels``
+    (B, W). Image side (None when unused): row indices into the node table (``own`` (B,),
+    ``inter``/``intra`` (B, K)), star-graph edges and slot masks; after ``to`` the gathered node
+    features ``own_x`` (B, ...), ``inter_x``/``intra_x`` (B, K, ...)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    word_index: torch.Tensor
+    word_mask: torch.Tensor
+    shape: torch.Tensor
+    labels: torch.Tensor
+    positions: torch.Tensor                    # which examples of the split, in batch order
+    own: torch.Tensor | None = None
+    inter: torch.Tensor | None = None
+    inter_edges: torch.Tensor | None = None
+    inter_weight: torch.Tensor | None = None
+    inter_mask: torch.Tensor | None = None
+    intra: torch.Tensor | None = None
+    intra_edges: torch.Tensor | None = None
+    intra_weight: torch.Tensor | None = None
+    intra_mask: torch.Tensor | None = None
+    own_x: torch.Tensor | None = None
+    inter_x: torch.Tensor | None = None
+    intra_x: torch.Tensor | None = None
+
+    def _map(self, fn) -> "Batch":
+        return Batch(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+                        for f in fields(self)})
+
+    def pin_memory(self) -> "Batch":
+        return self._map(lambda t: t.pin_memory())
+
+    def to(self, device, table: torch.Tensor | None = None) -> "Batch":
+        """Move to ``device`` and gather node features from ``table`` (already on ``device``)."""
+        out = self._map(lambda t: t.to(device, non_blocking=True))
+        if table is not None and out.own is not None:
+            out.own_x = table[out.own.clamp(min=0)]
+            if out.inter is not None:
+                out.inter_x = table[out.inter.clamp(min=0)]
+            if out.intra is not None:
+                out.intra_x = table[out.intra.clamp(min=0)]
+        return out
+
+
+class Collator:
+    """Pads a list of example positions of one ``Encoded`` split into a ``Batch``.
+
+    ``rows`` maps each example to its row in ``image`` (the dataset's item table); ``inter``/``intra``
+    say which relation graphs the model uses and ``k`` how many neighbours of each.
+    """
+
+    def __init__(self, encoded: Encoded, pad_id: int, image: ImageInputs | None = None,
+                 rows: np.ndarray | None = None, inter: bool = False, intra: bool = False,
+                 k: int = 5):
+        self.encoded, self.pad_id, self.image = encoded, pad_id, image
+        self.rows, self.use_inter, self.use_intra, self.k = rows, inter, intra, k
+        if image is not None and (rows is None or len(rows) != len(encoded)):
+            raise ValueError("Collator needs one image row per example")
+        if image is not None and max(image.inter.shape[1], image.intra.shape[1]) < k and (
+                inter or intra):
+            raise InvalidConfig(f"the graphs hold {min(image.inter.shape[1], image.intra.shape[1])} "
+                                f"neighbours per item but model.k is {k}; lower --k or rebuild "
+                                "the graphs with a larger --k")
+
+    def __call__(self, positions) -> Batch:
+        enc = self.encoded
+        positions = np.asarray(positions, dtype=np.int64)
+        seq = max(len(enc.input_ids[p]) for p in positions)
+        words = max(len(enc.first[p]) for p in positions)
+        size = len(positions)
+        ids = np.full((size, seq), self.pad_id, dtype=np.int64)
+        attention = np.zeros((size, seq), dtype=np.int64)
+        word_index = np.zeros((size, words), dtype=np.int64)
+        word_mask = np.zeros((size, words), dtype=bool)
+        shape = np.zeros((size, words, len(SHAPE_FEATURES)), dtype=np.float32)
+        labels = np.zeros((size, words), dtype=np.int64)
+        for b, p in enumerate(positions):
+            n, w = len(enc.input_ids[p]), len(enc.first[p])
+            ids[b, :n], attention[b, :n] = enc.input_ids[p], 1
+            word_index[b, :w], word_mask[b, :w] = enc.first[p], True
+            shape[b, :w], labels[b, :w] = enc.shapes[p], enc.labels[p]
+        batch = Batch(*(torch.from_numpy(a) for a in (ids, attention, word_index, word_mask, shape,
+                                                      labels, positions)))
+        if self.image is not None:
+            self._add_image(batch, self.rows[positions])
+        return batch
+
+    def _add_image(self, batch: Batch, rows: np.ndarray) -> None:
+        image, k = self.image, self.k
+        own = image.own[rows]
+        batch.own = torch.from_numpy(own)
+        if self.use_inter:
+            inter = image.inter[rows, :k]
+            edges, weight, mask = star_edges(np.ones(len(rows), dtype=bool), inter,
+                                             image.inter_score[rows, :k])
+            batch.inter, batch.inter_edges = torch.from_numpy(inter), torch.from_numpy(edges)
+            batch.inter_weight, batch.inter_mask = torch.from_numpy(weight), torch.from_numpy(mask)
+        if self.use_intra:
+            intra = image.intra[rows, :k]
+            edges, weight, mask = star_edges(own >= 0, intra, image.intra_score[rows, :k])
+            batch.intra, batch.intra_edges = torch.from_numpy(intra), torch.from_numpy(edges)
+            batch.intra_weight, batch.intra_mask = torch.from_numpy(weight), torch.from_numpy(mask)

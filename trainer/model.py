@@ -1,0 +1,267 @@
+"""The tagger: text encoder -> word states (+ word shape) -> relation graphs over neighbour images ->
+attention + gate fusion -> emissions -> CRF.
+
+- Words: the encoder's state at each word's first subword (gathered before the CRF, so the CRF
+  sees one position per word and its mask starts on).
+- InterRG: a star over the tweet's text node (a projection of the mean word state) and its K
+  inter-modal neighbour images. IntraRG: a star over the tweet's own image node and its K
+  intra-modal neighbours. Edge weights are the graph scores; ``gcn_norm`` adds self-loops and
+  normalises; ``gcn_layers`` GCN layers with ReLU. Without IntraRG the own image node is only
+  projected (no graph); text-only has no image branch at all.
+- Fusion: tokens query the graph nodes (multi-head attention with a learned "nothing" slot whose
+  value is zero, so a tweet without usable images gets no image vector), then
+  ``h + g * v`` with ``g = sigmoid(W [h; v])`` (or ``h + v`` without the gate).
+
+Saved as ``model.safetensors`` + ``model.json`` + ``encoder/`` (the encoder's config and
+tokenizer files): no pickles, loadable without flags (``load_tagger``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import MissingInput
+
+from .batches import SHAPE_FEATURES, Batch
+from .config import ModelConfig
+from .gcn import GCNLayer, gcn_norm
+
+FORMAT_VERSION = 1
+
+
+def allowed_transitions(labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """BIO constraints: ``start`` (L,) and ``trans`` (L, L) bool; ``I-X`` only after ``B-X``/``I-X``."""
+    def ok(prev: str | None, tag: str) -> bool:
+        return not tag.startswith("I-") or (prev is not None and prev[2:] == tag[2:] and prev != "O")
+    start = torch.tensor([ok(None, t) for t in labels])
+    trans = torch.tensor([[ok(p, t) for t in labels] for p in labels])
+    return start, trans
+
+
+def viterbi(emissions, mask, start, trans, end) -> torch.Tensor:
+    """Best tag path per sequence, batched on the device. ``emissions`` (B, T, L) float, ``mask``
+    (B, T) bool with the first position on, ``start``/``end`` (L,), ``trans`` (L, L) scores
+    (previous x next). Returns (B, T) int64; positions past each length are undefined."""
+    batch, length, _ = emissions.shape
+    score = start + emissions[:, 0]
+    history = []
+    for t in range(1, length):
+        best, index = (score.unsqueeze(2) + trans + emissions[:, t].unsqueeze(1)).max(dim=1)
+        score = torch.where(mask[:, t].unsqueeze(1), best, score)
+        history.append(index)
+    last = (score + end).argmax(dim=1)
+    ends = mask.sum(dim=1) - 1
+    out = torch.zeros(batch, length, dtype=torch.long, device=emissions.device)
+    current = last
+    for t in range(length - 1, -1, -1):
+        current = torch.where(ends == t, last, current)
+        out[:, t] = current
+        if t > 0:
+            previous = history[t - 1].gather(1, current.unsqueeze(1)).squeeze(1)
+            current = torch.where(ends >= t, previous, current)
+    return out
+
+
+class RegionPool(nn.Module):
+    """(..., R, D) region grid -> (..., D): a learned attention query over regions, or the mean."""
+
+    def __init__(self, dim: int, mode: str):
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(dim)) if mode == "attention" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.query is None:
+            return x.mean(dim=-2)
+        weights = torch.softmax((x * self.query.to(x.dtype)).sum(-1), dim=-1)
+        return (weights.unsqueeze(-1) * x).sum(dim=-2)
+
+
+class RelationGraph(nn.Module):
+    """A star graph per example: a centre node and K neighbour images, through GCN layers.
+
+    ``center`` (B, C) and ``leaves`` (B, K, D) -> node states (B, 1 + K, G); edges come from the
+    batch (``star_edges``) and are normalised with ``gcn_norm``.
+    """
+
+    def __init__(self, center_dim: int | None, node_dim: int, dim: int, layers: int, dropout: float):
+        super().__init__()
+        self.leaf_proj = nn.Linear(node_dim, dim)
+        self.center_proj = nn.Linear(center_dim, dim) if center_dim is not None else None
+        self.layers = nn.ModuleList(GCNLayer(dim, dim) for _ in range(layers))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, center, leaves, edge_index, edge_weight) -> torch.Tensor:
+        proj = self.center_proj or self.leaf_proj
+        x = torch.cat([proj(center).unsqueeze(1), self.leaf_proj(leaves)], dim=1)
+        batch, slots, dim = x.shape
+        x = x.reshape(batch * slots, dim)
+        edge_index, edge_weight = gcn_norm(edge_index, edge_weight, batch * slots)
+        for layer in self.layers:
+            x = self.dropout(F.relu(layer(x, edge_index, edge_weight)))
+        return x.view(batch, slots, dim)
+
+
+class NodeAttention(nn.Module):
+    """Tokens (B, W, H) attend over nodes (B, N, G) with mask (B, N) plus an always-present slot
+    with a learned key and a zero value ("no image information") -> (B, W, H)."""
+
+    def __init__(self, hidden: int, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q, self.k, self.v = nn.Linear(hidden, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.null_key = nn.Parameter(torch.zeros(dim))
+        self.out = nn.Linear(dim, hidden)
+
+    def forward(self, h, nodes, node_mask) -> torch.Tensor:
+        batch, words, _ = h.shape
+        keys = self.k(nodes)
+        keys = torch.cat([self.null_key.to(keys.dtype).expand(batch, 1, -1), keys], dim=1)
+        values = self.v(nodes)
+        values = torch.cat([values.new_zeros(batch, 1, values.shape[-1]), values], dim=1)
+        mask = torch.cat([node_mask.new_ones(batch, 1), node_mask], dim=1)
+
+        def split(x):  # (B, N, G) -> (B, heads, N, G / heads)
+            return x.view(batch, x.shape[1], self.heads, -1).transpose(1, 2)
+        attended = F.scaled_dot_product_attention(
+            split(self.q(h)), split(keys), split(values), attn_mask=mask[:, None, None, :],
+            dropout_p=self.dropout if self.training else 0.0)
+        return self.out(attended.transpose(1, 2).reshape(batch, words, -1))
+
+
+class ImageBranch(nn.Module):
+    """Everything image-side: region pooling, InterRG, IntraRG (or the own image alone), fusion."""
+
+    def __init__(self, config: ModelConfig, hidden: int, node_shape: tuple[int, ...]):
+        super().__init__()
+        dim, node_dim = config.graph_dim, node_shape[-1]
+        self.pool = RegionPool(node_dim, config.region_pool) if len(node_shape) == 2 else None
+        self.inter = (RelationGraph(hidden, node_dim, dim, config.gcn_layers, config.dropout)
+                      if config.inter else None)
+        self.intra = (RelationGraph(None, node_dim, dim, config.gcn_layers, config.dropout)
+                      if config.intra else None)
+        self.own = None if config.intra else nn.Sequential(nn.Linear(node_dim, dim), nn.ReLU())
+        self.attend = NodeAttention(hidden, dim, config.heads, config.dropout)
+        self.gate = nn.Linear(2 * hidden, hidden) if config.gate else None
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.pool is None else self.pool(x)
+
+    def forward(self, h: torch.Tensor, word_mask: torch.Tensor, batch: Batch) -> torch.Tensor:
+        nodes, masks = [], []
+        if self.inter is not None:
+            weights = word_mask.unsqueeze(-1).to(h.dtype)
+            text = (h * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            nodes.append(self.inter(text, self._pooled(batch.inter_x), batch.inter_edges,
+                                    batch.inter_weight))
+            masks.append(batch.inter_mask)
+        own = self._pooled(batch.own_x)
+        if self.intra is not None:
+            nodes.append(self.intra(own, self._pooled(batch.intra_x), batch.intra_edges,
+                                    batch.intra_weight))
+            masks.append(batch.intra_mask)
+        else:
+            nodes.append(self.own(own).unsqueeze(1))
+            masks.append((batch.own >= 0).unsqueeze(1))
+        nodes = torch.cat(nodes, dim=1)
+        v = self.attend(h, nodes.to(h.dtype), torch.cat(masks, dim=1))
+        if self.gate is None:
+            return h + v
+        return h + torch.sigmoid(self.gate(torch.cat([h, v], dim=-1))) * v
+
+
+class Tagger(nn.Module):
+    """Encoder + word shape + image branch + emissions + CRF. ``loss(batch)``; ``decode(batch)``."""
+
+    def __init__(self, config: ModelConfig, backbone: nn.Module, labels: list[str],
+                 node_shape: tuple[int, ...] | None = None):
+        super().__init__()
+        from torchcrf import CRF  # imported here: only training and inference need it
+
+        if config.uses_image and not node_shape:
+            raise ValueError("an image model needs node_shape (the node feature shape)")
+        self.config, self.labels = config, list(labels)
+        self.node_shape = tuple(node_shape) if config.uses_image else None
+        hidden = backbone.config.hidden_size
+        self.encoder = backbone
+        self.shape = nn.Linear(len(SHAPE_FEATURES), hidden) if config.shape else None
+        self.image = ImageBranch(config, hidden, self.node_shape) if config.uses_image else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.emit = nn.Linear(hidden, len(labels))
+        self.crf = CRF(len(labels), batch_first=True)
+        start, trans = allowed_transitions(self.labels)
+        self.register_buffer("allowed_start", start, persistent=False)
+        self.register_buffer("allowed_trans", trans, persistent=False)
+
+    def new_parameters(self):
+        """Everything but the pretrained encoder (trained with the larger learning rate)."""
+        return [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
+
+    def emissions(self, batch: Batch) -> torch.Tensor:
+        states = self.encoder(input_ids=batch.input_ids,
+                              attention_mask=batch.attention_mask).last_hidden_state
+        index = batch.word_index.unsqueeze(-1).expand(-1, -1, states.shape[-1])
+        h = states.gather(1, index)
+        if self.shape is not None:
+            h = h + self.shape(batch.shape.to(h.dtype))
+        if self.image is not None:
+            h = self.image(h, batch.word_mask, batch)
+        return self.emit(self.dropout(h)).float()
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Mean over the batch of the CRF negative log-likelihood of the gold word tags."""
+        emissions = self.emissions(batch)
+        return -self.crf(emissions, batch.labels, mask=batch.word_mask, reduction="mean")
+
+    @torch.no_grad()
+    def decode(self, batch: Batch) -> torch.Tensor:
+        """(B, W) label ids by Viterbi (BIO-constrained unless ``bio_constraints`` is off)."""
+        emissions = self.emissions(batch)
+        start, trans = self.crf.start_transitions, self.crf.transitions
+        if self.config.bio_constraints:
+            start = start.masked_fill(~self.allowed_start, -1e4)
+            trans = trans.masked_fill(~self.allowed_trans, -1e4)
+        return viterbi(emissions, batch.word_mask, start, trans, self.crf.end_transitions)
+
+
+def save_tagger(model: Tagger, tokenizer, folder, encoder_record: dict) -> None:
+    """Write ``model.safetensors``, ``model.json`` and ``encoder/`` into ``folder``."""
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    model.encoder.config.save_pretrained(folder / "encoder")
+    tokenizer.save_pretrained(folder / "encoder")
+    save_model(model, str(folder / "model.safetensors"))
+    meta = {"format": FORMAT_VERSION, "model": dataclasses.asdict(model.config),
+            "labels": model.labels, "label2id": {t: i for i, t in enumerate(model.labels)},
+            "node_shape": list(model.node_shape) if model.node_shape else None,
+            "shape_features": list(SHAPE_FEATURES), "encoder": encoder_record}
+    (folder / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def load_tagger(folder, device="cpu"):
+    """Rebuild a saved tagger from its folder alone: ``(model, tokenizer, meta)``. Reads JSON and
+    safetensors only (no pickled code runs)."""
+    from safetensors.torch import load_model
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    folder = Path(folder)
+    for name in ("model.json", "model.safetensors", "encoder"):
+        if not (folder / name).exists():
+            raise MissingInput(f"{folder / name}: not found; is {folder} a finished run folder?")
+    meta = json.loads((folder / "model.json").read_text())
+    if meta.get("format") != FORMAT_VERSION:
+        raise MissingInput(f"{folder / 'model.json'}: format {meta.get('format')} is not "
+                           f"{FORMAT_VERSION}; this run was saved by another version")
+    if meta["shape_features"] != list(SHAPE_FEATURES):
+        raise MissingInput(f"{folder / 'model.json'}: saved with other word-shape features")
+    config = ModelConfig(**meta["model"])
+    backbone = AutoModel.from_config(AutoConfig.from_pretrained(folder / "encoder"))
+    model = Tagger(config, backbone, meta["labels"], meta["node_shape"])
+    load_model(model, str(folder / "model.safetensors"), strict=True, device=str(device))
+    tokenizer = AutoTokenizer.from_pretrained(folder / "encoder")
+    return model.to(device).eval(), tokenizer, meta
