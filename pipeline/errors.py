@@ -45,7 +45,3 @@ class InvalidConfig(MnerError):
 
 class CorruptInput(MnerError):
     """A file is there but its content is not what it should be (checksum, size, format)."""
-
-
-class CorruptInput(MnerError):
-    """A file is there but its content is not what it should be (checksum, size, format)."""
