@@ -197,7 +197,7 @@ def approx_index(xb: np.ndarray, kind: str, kk: int):
         index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 80
         index.add(xb)
-        index.hnsw.efSearch = max(64, 2 * kk)
+        index.hnsw.efSearch = max(128, 2 * kk)
         return index
     if kind == "ivf":
         nlist = int(max(1, min(4 * np.sqrt(m), m // 39)))
