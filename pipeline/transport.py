@@ -103,6 +103,7 @@ def _write_copy(source: Path, tmp: Path, tensors: dict, chunk_mb, progress) -> d
     _copy_side_files(source, tmp)
     _pin_config_dtype(tmp / "config.json", source_dtypes)
     save_file(to_float16(tensors), tmp / WEIGHTS, metadata={"format": "pt"})
+    os.chmod(tmp / WEIGHTS, 0o644)      # safetensors writes 0600; the copy is meant to travel
     manifest = {"source_dtypes": source_dtypes, "dtype": "float16", "weights": WEIGHTS,
                 "bytes": (tmp / WEIGHTS).stat().st_size, "sha256": file_sha256(tmp / WEIGHTS),
                 "chunk_bytes": None, "chunks": [], "environment": environment()}
