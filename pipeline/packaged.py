@@ -303,11 +303,11 @@ def remove_parts(model: SplitZip | None = None, cache_dir=None) -> list[str]:
 def best_available_text_encoder(has_gpu: bool, cache_dir=None, find: Finder | None = None) -> str:
     """The default text encoder: ``mpnet-base`` on a GPU machine that has it, else ``minilm-l6``.
 
-    MPNet-base is the most accurate offline encoder (issue #7: +5 to +6 F1 over MiniLM as a text-only
-    tagger, measured outside the project)
-    but costs several minutes per TW17 epoch on a 2-core CPU, so without a GPU the default stays
-    MiniLM. "Has it" means assembled in the cache or installed as parts (then assembled on first
-    use). Callers print the choice at the start of a run and record it; a flag overrides it.
+    MPNet-base is the most accurate offline encoder (issue #7, measured outside the project: +5 to
+    +6 F1 over MiniLM as a text-only tagger) but costs several minutes per TW17 epoch on a 2-core
+    CPU, so without a GPU the default stays MiniLM. "Has it" means assembled in the cache or
+    installed as parts (then assembled on first use). Callers print the choice at the start of a
+    run and record it; a flag overrides it.
     """
     if has_gpu and (is_assembled(MPNET, cache_dir) or parts_installed(MPNET, find)):
         return "mpnet-base"
