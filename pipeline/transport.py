@@ -6,8 +6,9 @@ tokenizer, sentence-transformers files, model card) copied. When the source ``co
 no dtype, the copy's says the source's (``float32``), so a plain ``from_pretrained`` loads float32
 as it did from the original, instead of float16; ``load_text_backbone(path, dtype=torch.bfloat16)``
 loads bf16. With ``chunk_mb`` the weight file is split into ``model.safetensors.000``, ``.001``, ...
-of at most ``chunk_mb`` MB (10^6 bytes) each (not when it fits in one); :func:`join_chunks`
-rebuilds it and checks its sha256.
+of at most ``chunk_mb`` MB (10^6 bytes) each (not when it fits in one), in the folder or in
+``chunks_dir``, so that each transfer is one path; :func:`join_chunks` rebuilds the weight file and
+checks its sha256.
 
 ``model.safetensors.manifest`` (JSON; named so that ``weights_fingerprint`` does not hash it)
 records the source, the sha256 and size of the weight file and of every chunk, and the environment.
@@ -59,19 +60,22 @@ def to_float16(tensors: dict) -> dict:
     return half
 
 
-def export_fp16(encoder: str, out, chunk_mb: float | None = None, progress=no_progress) -> dict:
+def export_fp16(encoder: str, out, chunk_mb: float | None = None, chunks_dir=None,
+                progress=no_progress) -> dict:
     """Write the float16 copy of ``encoder`` (registered name or local folder) to ``out``.
 
-    ``out`` must not exist or be empty; it appears only once complete (written to ``<out>.tmp``).
-    Returns the manifest.
+    ``out`` (and ``chunks_dir``, default ``out``) must not exist or be empty; they appear only once
+    complete (written to ``<name>.tmp``). The manifest, returned, records where the chunks are,
+    relative to ``out``.
     """
     from .encoders import get_spec, model_location, weights_fingerprint
 
     if chunk_mb is not None and chunk_mb <= 0:
         raise ValueError(f"chunk_mb must be positive, got {chunk_mb}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise CacheMismatch(f"{out} exists and is not empty; choose another --out or delete it")
+    for folder in (out, chunks_dir):
+        if folder is not None and Path(folder).exists() and any(Path(folder).iterdir()):
+            raise CacheMismatch(f"{folder} exists and is not empty; choose another or delete it")
     spec = get_spec(encoder, "text")
     source = Path(model_location(spec))
     if not source.is_dir():
@@ -86,12 +90,26 @@ def export_fp16(encoder: str, out, chunk_mb: float | None = None, progress=no_pr
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     manifest.update(encoder=spec.as_dict(), source=str(source),
-                    source_weights_sha256=weights_fingerprint(str(source)))
+                    source_weights_sha256=weights_fingerprint(str(source)), chunks_dir=".")
+    if chunks_dir is not None and manifest["chunks"]:
+        _move_chunks(tmp, Path(chunks_dir), manifest["chunks"])
+        manifest["chunks_dir"] = os.path.relpath(chunks_dir, out)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if out.exists():
         out.rmdir()
     os.replace(tmp, out)
     return manifest
+
+
+def _move_chunks(source: Path, target: Path, chunks: list[dict]) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for chunk in chunks:
+        os.replace(source / chunk["file"], tmp / chunk["file"])
+    if target.exists():
+        target.rmdir()
+    os.replace(tmp, target)
 
 
 def _write_copy(source: Path, tmp: Path, tensors: dict, chunk_mb, progress) -> dict:
@@ -154,8 +172,13 @@ def split_file(path: Path, chunk_bytes: int, progress=no_progress) -> list[dict]
     return chunks
 
 
-def join_chunks(folder, remove_chunks: bool = False, progress=no_progress) -> Path:
-    """Rebuild the weight file of a chunked float16 folder and verify every sha256."""
+def join_chunks(folder, remove_chunks: bool = False, chunks_dir=None,
+                progress=no_progress) -> Path:
+    """Rebuild the weight file of a chunked float16 folder and verify every sha256.
+
+    The chunks are read from ``chunks_dir``, by default where the manifest says (relative to
+    ``folder``).
+    """
     folder = Path(folder)
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -163,22 +186,23 @@ def join_chunks(folder, remove_chunks: bool = False, progress=no_progress) -> Pa
         raise MissingInput(f"{folder / MANIFEST}: cannot read the transport manifest ({err}); "
                            "give the folder written by python -m pipeline.packaged fp16") from None
     target = folder / manifest["weights"]
+    where = Path(chunks_dir) if chunks_dir is not None else folder / manifest.get("chunks_dir", ".")
     if target.is_file() and target.stat().st_size == manifest["bytes"] and \
             file_sha256(target) == manifest["sha256"]:
         return target
-    missing = [c["file"] for c in manifest["chunks"] if not (folder / c["file"]).is_file()]
+    missing = [c["file"] for c in manifest["chunks"] if not (where / c["file"]).is_file()]
     if missing or not manifest["chunks"]:
-        raise MissingInput(f"{folder}: chunk(s) missing: {', '.join(missing) or 'none listed'}; "
-                           "copy every model.safetensors.NNN file into the folder")
+        raise MissingInput(f"{where}: chunk(s) missing: {', '.join(missing) or 'none listed'}; "
+                           "copy every model.safetensors.NNN file into that folder")
     digest = hashlib.sha256()
     tmp = target.with_name(target.name + ".tmp")
     with open(tmp, "wb") as out, progress(total=manifest["bytes"], desc="joining", unit="B",
                                           unit_scale=True) as bar:
         for chunk in manifest["chunks"]:
-            block = (folder / chunk["file"]).read_bytes()
+            block = (where / chunk["file"]).read_bytes()
             if hashlib.sha256(block).hexdigest() != chunk["sha256"]:
                 tmp.unlink()
-                raise CorruptInput(f"{folder / chunk['file']}: sha256 differs from the manifest "
+                raise CorruptInput(f"{where / chunk['file']}: sha256 differs from the manifest "
                                    "(damaged in transfer); copy that chunk again")
             out.write(block)
             digest.update(block)
@@ -190,7 +214,7 @@ def join_chunks(folder, remove_chunks: bool = False, progress=no_progress) -> Pa
     os.replace(tmp, target)
     if remove_chunks:
         for chunk in manifest["chunks"]:
-            (folder / chunk["file"]).unlink()
+            (where / chunk["file"]).unlink()
     return target
 
 
@@ -198,6 +222,8 @@ def describe(out, manifest: dict) -> str:
     """One line per file written: the weights (or chunks) with sizes and sha256."""
     lines = [f"{out}: float16 copy of {manifest['encoder']['name']} "
              f"({manifest['bytes'] / 1e6:.1f} MB, sha256 {manifest['sha256']})"]
-    lines += [f"  {c['file']}  {c['bytes'] / 1e6:.1f} MB  sha256 {c['sha256']}"
+    chunks = Path(out) / manifest["chunks_dir"]
+    lines += [f"  {os.path.normpath(chunks / c['file'])}  {c['bytes'] / 1e6:.1f} MB  "
+              f"sha256 {c['sha256']}"
               for c in manifest["chunks"]]
     return "\n".join(lines)

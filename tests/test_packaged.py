@@ -212,7 +212,7 @@ def test_chunks_split_join_and_refuse_damage(tmp_path, tiny_model):
     with pytest.raises(MissingInput) as err:
         transport.join_chunks(out)
     assert str(err.value) == (f"{out}: chunk(s) missing: {chunks[-1]}; copy every "
-                              "model.safetensors.NNN file into the folder")
+                              "model.safetensors.NNN file into that folder")
     (out / chunks[-1]).write_bytes(last)
     joined = transport.join_chunks(out, remove_chunks=True)
     assert hashlib.sha256(joined.read_bytes()).hexdigest() == manifest["sha256"]
@@ -222,19 +222,24 @@ def test_chunks_split_join_and_refuse_damage(tmp_path, tiny_model):
     assert next(backbone.parameters()).dtype == torch.float32
 
 
-def test_command_line_writes_chunks_and_reports_errors_in_one_line(tmp_path, tiny_model, capsys):
-    out = tmp_path / "cli"
+def test_command_line_writes_chunks_apart_and_reports_errors_in_one_line(tmp_path, tiny_model,
+                                                                        capsys):
+    out, chunks = tmp_path / "cli", tmp_path / "cli.chunks"
     assert packaged.main(["fp16", "--encoder", str(tiny_model), "--out", str(out),
-                          "--chunk-mb", "0.05"]) == 0
+                          "--chunk-mb", "0.01", "--chunks-dir", str(chunks)]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith(f"{out}: float16 copy of {tiny_model}")
-    assert len(printed) == 1 + len(list(out.glob("model.safetensors.0*")))
+    names = sorted(p.name for p in chunks.iterdir())
+    assert len(names) >= 2 and not list(out.glob("model.safetensors.0*"))
+    assert [line.split()[0] for line in printed[1:]] == [str(chunks / n) for n in names]
+    assert json.loads((out / transport.MANIFEST).read_text())["chunks_dir"] == "../cli.chunks"
     assert packaged.main(["fp16", "--encoder", str(tiny_model), "--out", str(out)]) == 1
     assert capsys.readouterr().err == (f"Error: {out} exists and is not empty; choose another "
-                                       "--out or delete it\n")
+                                       "or delete it\n")
     assert packaged.main(["join", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"Error: {tmp_path / transport.MANIFEST}: cannot read") and \
         err.count("\n") == 1
-    assert packaged.main(["join", str(out)]) == 0 and (out / "model.safetensors").is_file()
-    assert os.listdir(tmp_path) == ["cli"]
+    assert packaged.main(["join", str(out), "--remove-chunks"]) == 0
+    assert (out / "model.safetensors").is_file() and not list(chunks.iterdir())
+    assert sorted(os.listdir(tmp_path)) == ["cli", "cli.chunks"]
