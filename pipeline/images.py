@@ -1,0 +1,244 @@
+"""Decoding images for the encoders: robust on CPU (PIL), fast on the GPU (batched nvJPEG).
+
+Every image becomes a uint8 (3, S, S) tensor resized as its encoder's ``preprocess`` says, or a
+failure with a reason; nothing is ever replaced by a blank image. Handled: grayscale, CMYK, 16-bit,
+palette/alpha (composited on white), animated GIF/PNG (first frame), EXIF orientation (applied).
+Missing, empty, corrupt and truncated files are failures ("missing image", "corrupt: ...",
+"truncated: ...").
+
+Two routes, chosen per run:
+
+- ``pil``: DataLoader workers read, decode and resize with PIL (JPEG draft mode: the DCT scales down
+  while decoding); the main process gets a pinned (k, 3, S, S) batch.
+- ``gpu``: workers only read the bytes and check the header; plain baseline/progressive RGB or gray
+  JPEGs with no EXIF rotation go to ``torchvision.io.decode_jpeg(list, device=...)`` in one batched
+  call and are resized on the device; everything else (PNG, GIF, CMYK, EXIF-rotated, a JPEG without
+  its end marker, a file nvJPEG refuses) is decoded by PIL in the worker as in the ``pil`` route.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+ROUTES = ("pil", "gpu")
+_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How an encoder wants its pixels: ``size`` x ``size``, by ``squash`` or ``shortest+center_crop``."""
+
+    size: int = 224
+    resize: str = "squash"
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        if self.resize not in ("squash", "shortest+center_crop"):
+            raise ValueError(f"resize must be squash or shortest+center_crop, not {self.resize!r}")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be bilinear or bicubic, not {self.interpolation!r}")
+
+    @classmethod
+    def from_preprocess(cls, preprocess: dict) -> "DecodeSpec":
+        return cls(int(preprocess["size"]), preprocess["resize"], preprocess["interpolation"])
+
+    def target(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) to resize to before any crop."""
+        if self.resize == "squash":
+            return self.size, self.size
+        scale = self.size / min(width, height)
+        return max(self.size, round(width * scale)), max(self.size, round(height * scale))
+
+
+# ---- PIL ----------------------------------------------------------------------------------------
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """First frame, EXIF orientation applied, alpha composited on white, any mode to RGB."""
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if array.max() > 255 else 255.0
+        img = Image.fromarray((array * (255.0 / top)).clip(0, 255).astype(np.uint8))
+    if img.mode == "P" and "transparency" in img.info or img.mode in ("RGBA", "LA", "PA", "RGBa"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _resize_pil(img: Image.Image, spec: DecodeSpec) -> np.ndarray:
+    method = Image.BICUBIC if spec.interpolation == "bicubic" else Image.BILINEAR
+    width, height = spec.target(*img.size)
+    img = img.resize((width, height), method)
+    if (width, height) != (spec.size, spec.size):
+        left, top = (width - spec.size) // 2, (height - spec.size) // 2
+        img = img.crop((left, top, left + spec.size, top + spec.size))
+    return np.array(img, dtype=np.uint8)   # a writable copy for torch.from_numpy
+
+
+def failure_reason(err: Exception) -> str:
+    """One short line: ``truncated: ...`` or ``corrupt: ...``."""
+    text = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+    if "truncated" in text.lower() or isinstance(err, EOFError):
+        return f"truncated: {text}"
+    if isinstance(err, Image.UnidentifiedImageError):
+        return "corrupt: not an image file PIL can identify"
+    return f"corrupt: {text}"
+
+
+def decode_bytes(data: bytes, spec: DecodeSpec) -> tuple[torch.Tensor | None, str]:
+    """(uint8 (3, S, S) tensor, "") or (None, reason)."""
+    if not data:
+        return None, "corrupt: empty file"
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format == "JPEG" and getattr(img, "n_frames", 1) == 1:
+                img.draft(None, (spec.size, spec.size))
+            img.load()
+            array = _resize_pil(to_rgb(img), spec)
+    except Exception as err:  # noqa: BLE001 - PIL raises many types; each is recorded, not hidden
+        return None, failure_reason(err)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous(), ""
+
+
+def read_file(path: Path | None) -> tuple[bytes | None, str]:
+    """File bytes and their sha256 ("" and None when the file is missing)."""
+    if path is None:
+        return None, ""
+    try:
+        data = Path(path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return None, ""
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def decode_file(path: Path | None, spec: DecodeSpec) -> tuple[torch.Tensor | None, str, str]:
+    """(pixels or None, reason, sha256 of the bytes) for one image file."""
+    data, sha = read_file(path)
+    if data is None:
+        return None, "missing image", ""
+    pixels, reason = decode_bytes(data, spec)
+    return pixels, reason, sha
+
+
+# ---- GPU route ----------------------------------------------------------------------------------
+
+def gpu_decodable(data: bytes) -> bool:
+    """A complete RGB/gray JPEG with no EXIF rotation: nvJPEG decodes it exactly as PIL would."""
+    if data[:3] != b"\xff\xd8\xff" or not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as img:     # reads the header only
+            return img.mode in ("RGB", "L") and img.getexif().get(_ORIENTATION, 1) == 1
+    except Exception:  # noqa: BLE001 - not decodable on the GPU: PIL decides (and names the fault)
+        return False
+
+
+def resize_tensor(img: torch.Tensor, spec: DecodeSpec) -> torch.Tensor:
+    """uint8 (3, H, W) on any device -> uint8 (3, S, S), antialiased like PIL."""
+    width, height = spec.target(img.shape[2], img.shape[1])
+    x = torch.nn.functional.interpolate(img[None].float(), size=(height, width),
+                                        mode=spec.interpolation, antialias=True, align_corners=False)
+    if (width, height) != (spec.size, spec.size):
+        left, top = (width - spec.size) // 2, (height - spec.size) // 2
+        x = x[..., top:top + spec.size, left:left + spec.size]
+    return x[0].round_().clamp_(0, 255).to(torch.uint8)
+
+
+def decode_jpegs(blobs: list[torch.Tensor], device: str) -> list[torch.Tensor | None]:
+    """Batched ``torchvision.io.decode_jpeg`` on ``device``; None for any file it refuses."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not blobs:
+        return []
+    try:
+        return list(decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        out = []
+        for blob in blobs:
+            try:
+                out.append(decode_jpeg(blob, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                out.append(None)
+        return out
+
+
+# ---- DataLoader ---------------------------------------------------------------------------------
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Rows of a feature file and their image paths (None = missing), read in worker processes."""
+
+    def __init__(self, rows: list[int], paths: list[Path | None], spec: DecodeSpec, route: str):
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {ROUTES}, not {route!r}")
+        self.rows, self.paths, self.spec, self.route = list(rows), list(paths), spec, route
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        data, sha = read_file(self.paths[index])
+        if data is None:
+            return {"row": row, "kind": "failed", "reason": "missing image", "sha": ""}
+        if self.route == "gpu" and gpu_decodable(data):
+            blob = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            return {"row": row, "kind": "jpeg", "data": blob, "sha": sha}
+        pixels, reason = decode_bytes(data, self.spec)
+        if pixels is None:
+            return {"row": row, "kind": "failed", "reason": reason, "sha": sha}
+        return {"row": row, "kind": "pixels", "data": pixels, "sha": sha}
+
+
+def collate(records: list[dict]) -> dict:
+    """A batch that carries its failures: pixels stacked, JPEG bytes listed, failures by row."""
+    pixels = [r for r in records if r["kind"] == "pixels"]
+    jpegs = [r for r in records if r["kind"] == "jpeg"]
+    return {
+        "rows": [r["row"] for r in records],
+        "sha": [r["sha"] for r in records],
+        "pixel_rows": [r["row"] for r in pixels],
+        "pixels": torch.stack([r["data"] for r in pixels]) if pixels else None,
+        "jpeg_rows": [r["row"] for r in jpegs],
+        "jpeg": [r["data"] for r in jpegs],
+        "failed": [(r["row"], r["reason"]) for r in records if r["kind"] == "failed"],
+    }
+
+
+def image_batches(rows, paths, spec: DecodeSpec, route: str, batch_size: int, workers: int,
+                  pin_memory: bool = False):
+    """Batches (see ``collate``) of the given rows, in order, decoded by ``workers`` processes."""
+    return torch.utils.data.DataLoader(
+        ImageFiles(rows, paths, spec, route), batch_size=batch_size, shuffle=False,
+        num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None)
+
+
+def materialize(batch: dict, spec: DecodeSpec, device: str):
+    """(uint8 (m, 3, S, S) on ``device`` or None, the m rows it holds, {row: reason} failures)."""
+    images: dict[int, torch.Tensor] = {}
+    failed = dict(batch["failed"])
+    if batch["pixel_rows"]:
+        moved = batch["pixels"].to(device, non_blocking=True)
+        images.update(zip(batch["pixel_rows"], moved))
+    decoded = decode_jpegs(batch["jpeg"], device)
+    for row, blob, img in zip(batch["jpeg_rows"], batch["jpeg"], decoded):
+        if img is None:
+            pixels, reason = decode_bytes(blob.numpy().tobytes(), spec)
+            if pixels is None:
+                failed[row] = reason
+                continue
+            images[row] = pixels.to(device)
+        else:
+            images[row] = resize_tensor(img, spec)
+    rows = [row for row in batch["rows"] if row in images]
+    stacked = torch.stack([images[row] for row in rows]) if rows else None
+    return stacked, rows, failed
