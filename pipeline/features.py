@@ -1,0 +1,269 @@
+"""The HDF5 feature cache: one file per (dataset, view, extractor configuration).
+
+``<artifacts>/features/<dataset>/<view>-<fp12>.h5`` holds
+
+- ``item_id`` (n,) utf-8: the dataset's IMGIDs, train then valid then test (join on it, never on rows);
+- ``features`` (n, d) or (n, R, d) float32 or float16, chunked by rows;
+- ``valid`` (n,) bool and ``reason`` (n,) utf-8 ("" when valid, else why: "missing image", ...);
+- ``content_sha256`` (n,) utf-8 for views computed from image files (sha256 of the file bytes,
+  "" when missing), so that later stages can spot exact duplicate images;
+
+and root attributes ``view``, ``space``, ``source``, ``encoder`` (JSON), ``weights_sha256``,
+``config`` (JSON), ``environment`` (JSON), ``dataset``, ``ids_sha256``, ``fingerprint`` and
+``complete`` (True only once every row is written).
+
+A file is written as ``<file>.tmp`` with a ``done`` mask, a batch of rows at a time, so an
+interrupted extract (Ctrl-C, kill -9) resumes from the finished rows; it is renamed to its final
+name only when complete. ``manifest.json`` next to the files names the views of the latest run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .artifacts import ids_fingerprint, write_json
+from .errors import CacheMismatch, MissingInput, MnerError
+
+log = logging.getLogger(__name__)
+STR = h5py.string_dtype("utf-8")
+JSON_ATTRS = ("encoder", "config", "environment")
+TARGET_CHUNK_BYTES = 1 << 20
+
+
+@dataclass
+class FeatureSet:
+    """A feature file read into memory (features as float32)."""
+
+    path: Path
+    item_ids: list[str]
+    features: np.ndarray
+    valid: np.ndarray
+    reason: list[str]
+    attrs: dict
+    content_sha256: list[str] | None = None
+
+    def __post_init__(self):
+        self._index = {item_id: row for row, item_id in enumerate(self.item_ids)}
+
+    def rows(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """Features and valid flags of ``ids``, in that order (joined by item id)."""
+        try:
+            index = np.array([self._index[i] for i in ids], dtype=np.int64)
+        except KeyError as err:
+            raise MnerError(f"{self.path}: item {err.args[0]} is not in this feature file "
+                            f"({self.attrs.get('dataset')}); re-run `python cli.py extract` "
+                            "for this dataset") from None
+        return self.features[index], self.valid[index]
+
+
+def file_path(artifacts, dataset: str, view: str, fingerprint: str) -> Path:
+    return Path(artifacts, "features", dataset, f"{view}-{fingerprint[:12]}.h5")
+
+
+def _decode_attrs(attrs) -> dict:
+    out = {}
+    for key, value in attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if key in JSON_ATTRS and isinstance(value, str):
+            value = json.loads(value)
+        out[key] = value.item() if isinstance(value, np.generic) else value
+    return out
+
+
+def _strings(dataset) -> list[str]:
+    return [s.decode() if isinstance(s, bytes) else s for s in dataset[()]]
+
+
+def read_features(path) -> FeatureSet:
+    """Read a complete feature file; a clear error for a missing, unreadable or unfinished one."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInput(f"{path}: feature file not found; run `python cli.py extract` first")
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = _decode_attrs(f.attrs)
+            if not attrs.get("complete"):
+                raise CacheMismatch(f"{path}: incomplete feature file; re-run `python cli.py "
+                                    "extract` (it resumes)")
+            return FeatureSet(path, _strings(f["item_id"]), f["features"][()].astype(np.float32),
+                              f["valid"][()].astype(bool), _strings(f["reason"]), attrs,
+                              _strings(f["content_sha256"]) if "content_sha256" in f else None)
+    except OSError as err:
+        raise CacheMismatch(f"{path}: unreadable HDF5 file ({str(err).splitlines()[0]}); delete "
+                            "it or re-run extract with --overwrite") from None
+
+
+def cached(path: Path, fingerprint: str, item_ids: list[str], overwrite: bool) -> bool:
+    """True if ``path`` is a complete file of this configuration (reuse it: do no work).
+
+    False when there is nothing to reuse (or ``overwrite`` removed it); ``CacheMismatch`` when a
+    file made by another configuration or for other items sits at that name.
+    """
+    if overwrite:
+        for stale in (path, path.with_name(path.name + ".tmp")):
+            stale.unlink(missing_ok=True)
+        return False
+    if not path.exists():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = _decode_attrs(f.attrs)
+            ids = _strings(f["item_id"]) if "item_id" in f else None
+    except OSError as err:
+        raise CacheMismatch(f"{path}: unreadable HDF5 file ({str(err).splitlines()[0]}); pass "
+                            "--overwrite to replace it") from None
+    got = str(attrs.get("fingerprint", ""))
+    if got != fingerprint:
+        raise CacheMismatch(f"{path}: made by another configuration (fingerprint {got[:12] or '-'}"
+                            f", expected {fingerprint[:12]}); pass --overwrite to replace it")
+    if ids != list(item_ids):
+        raise CacheMismatch(f"{path}: its item ids differ from the dataset's ({len(ids or [])} vs "
+                            f"{len(item_ids)} rows); pass --overwrite to replace it")
+    if not attrs.get("complete"):
+        raise CacheMismatch(f"{path}: not marked complete; pass --overwrite to replace it")
+    return True
+
+
+class FeatureWriter:
+    """Writes one feature file through ``<file>.tmp``: resumable, renamed only when complete.
+
+    ``pending()`` lists the rows still to do; ``write(rows, features, valid, reason, sha)`` stores a
+    batch and marks it done; ``finish()`` sets ``complete`` and renames. The features dataset is
+    created at the first write (its width is known then).
+    """
+
+    def __init__(self, path: Path, item_ids: list[str], attrs: dict, dtype=np.float32,
+                 with_sha: bool = False):
+        self.path, self.tmp = Path(path), Path(path).with_name(Path(path).name + ".tmp")
+        self.item_ids, self.dtype, self.notes = list(item_ids), np.dtype(dtype), []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = self._resume(attrs) if self.tmp.exists() else None
+        if self.file is None:
+            self.file = self._create(attrs, with_sha)
+
+    def _resume(self, attrs: dict):
+        try:
+            f = h5py.File(self.tmp, "r+")
+        except OSError as err:
+            return self._start_over(f"is unreadable ({str(err).splitlines()[0][:80]})")
+        try:
+            same = (f.attrs.get("fingerprint") == attrs["fingerprint"] and "done" in f
+                    and _strings(f["item_id"]) == self.item_ids)
+            done = int(f["done"][()].sum()) if same else 0
+        except (OSError, KeyError, ValueError) as err:
+            f.close()
+            return self._start_over(f"is unreadable ({str(err).splitlines()[0][:80]})")
+        if not same:
+            f.close()
+            return self._start_over("was made by another configuration")
+        self._note(f"{self.tmp.name}: resuming, {done} of {len(self.item_ids)} rows already done")
+        return f
+
+    def _start_over(self, why: str):
+        self._note(f"{self.tmp.name} {why}; starting it over", warning=True)
+        self.tmp.unlink()
+        return None
+
+    def _note(self, text: str, warning: bool = False) -> None:
+        self.notes.append(text)
+        (log.warning if warning else log.info)(text)
+
+    def _create(self, attrs: dict, with_sha: bool):
+        n = len(self.item_ids)
+        f = h5py.File(self.tmp, "w")
+        f.create_dataset("item_id", data=np.array(self.item_ids, dtype=object), dtype=STR)
+        f.create_dataset("valid", shape=(n,), dtype=bool)
+        f.create_dataset("reason", shape=(n,), dtype=STR)
+        f.create_dataset("done", shape=(n,), dtype=bool)
+        if with_sha:
+            f.create_dataset("content_sha256", shape=(n,), dtype=STR)
+        for key, value in attrs.items():
+            f.attrs[key] = json.dumps(value, sort_keys=True) if key in JSON_ATTRS else value
+        f.attrs["ids_sha256"] = ids_fingerprint(self.item_ids)
+        f.attrs["complete"] = False
+        f.flush()
+        return f
+
+    def pending(self) -> np.ndarray:
+        return np.flatnonzero(~self.file["done"][()])
+
+    def _features(self, tail: tuple[int, ...]):
+        if "features" not in self.file:
+            row_bytes = int(np.prod(tail)) * self.dtype.itemsize
+            chunk_rows = max(1, min(len(self.item_ids), TARGET_CHUNK_BYTES // max(row_bytes, 1)))
+            self.file.create_dataset("features", shape=(len(self.item_ids), *tail),
+                                     dtype=self.dtype, chunks=(chunk_rows, *tail))
+        return self.file["features"]
+
+    def write(self, rows, features: np.ndarray, valid, reason, sha=None) -> None:
+        """Store a batch of rows (ascending) and mark them done, data first."""
+        rows = np.asarray(rows, dtype=np.int64)
+        dataset = self._features(tuple(features.shape[1:]))
+        features = features.astype(self.dtype, copy=False)
+        for start, stop, part in _runs(rows):
+            dataset[start:stop] = features[part]
+            self.file["valid"][start:stop] = np.asarray(valid, dtype=bool)[part]
+            self.file["reason"][start:stop] = np.array(reason, dtype=object)[part]
+            if sha is not None and "content_sha256" in self.file:
+                self.file["content_sha256"][start:stop] = np.array(sha, dtype=object)[part]
+        self.file.flush()
+        for start, stop, _ in _runs(rows):
+            self.file["done"][start:stop] = True
+        self.file.flush()
+
+    def finish(self) -> Path:
+        """Mark complete and rename to the final name (refuses if any row is not done)."""
+        left = len(self.pending())
+        if left:
+            raise MnerError(f"{self.tmp}: {left} rows were never written; re-run extract")
+        del self.file["done"]
+        self.file.attrs["complete"] = True
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def close(self) -> None:
+        if self.file is not None and self.file.id.valid:
+            self.file.close()
+
+
+def _runs(rows: np.ndarray):
+    """(start, stop, slice into rows) for each run of consecutive row numbers."""
+    if len(rows) == 0:
+        return
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    bounds = [0, *breaks.tolist(), len(rows)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        yield int(rows[a]), int(rows[b - 1]) + 1, slice(a, b)
+
+
+def manifest_path(artifacts, dataset: str) -> Path:
+    return Path(artifacts, "features", dataset, "manifest.json")
+
+
+def write_manifest(artifacts, dataset: str, views: dict[str, dict]) -> Path:
+    """``{"dataset": ..., "views": {view: {"file", "fingerprint", "space", "source", "shape"}}}``."""
+    path = manifest_path(artifacts, dataset)
+    write_json(path, {"dataset": dataset, "views": views})
+    return path
+
+
+def load_manifest(artifacts, dataset: str) -> dict[str, Path]:
+    """The feature files of the latest extract run of ``dataset``, by view."""
+    path = manifest_path(artifacts, dataset)
+    if not path.is_file():
+        raise MissingInput(f"{path}: no feature manifest; run `python cli.py extract --data-dir "
+                           f"<{dataset} folder>` first")
+    try:
+        manifest = json.loads(path.read_text())
+        return {view: path.parent / entry["file"] for view, entry in manifest["views"].items()}
+    except (ValueError, KeyError, TypeError) as err:
+        raise CacheMismatch(f"{path}: malformed manifest ({err}); re-run `python cli.py "
+                            "extract`") from None
