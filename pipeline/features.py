@@ -2,7 +2,8 @@
 
 ``<artifacts>/features/<dataset>/<view>-<fp12>.h5`` holds
 
-- ``item_id`` (n,) utf-8: the dataset's IMGIDs, train then valid then test (join on it, never on rows);
+- ``item_id`` (n,) utf-8: the dataset's IMGIDs, train then valid then test (join on it, not on
+  row numbers);
 - ``features`` (n, d) or (n, R, d) float32 or float16, chunked by rows;
 - ``valid`` (n,) bool and ``reason`` (n,) utf-8 ("" when valid, else why: "missing image", ...);
 - ``content_sha256`` (n,) utf-8 for views computed from image files (sha256 of the file bytes,
@@ -249,7 +250,7 @@ def manifest_path(artifacts, dataset: str) -> Path:
 
 
 def write_manifest(artifacts, dataset: str, views: dict[str, dict]) -> Path:
-    """``{"dataset": ..., "views": {view: {"file", "fingerprint", "space", "source", "shape"}}}``."""
+    """``{"dataset": ..., "views": {view: {"file", "fingerprint", "space", "source", "shape"}}}``"""
     path = manifest_path(artifacts, dataset)
     write_json(path, {"dataset": dataset, "views": views})
     return path

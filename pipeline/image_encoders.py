@@ -2,9 +2,9 @@
 
 Every encoder takes a batch of uint8 images (n, 3, S, S) already resized as ``spec.preprocess``
 says (pipeline/images.py does that on CPU workers or on the GPU), normalises it on its device and
-runs under bf16 autocast on CUDA when asked. Weights come from the offline package, the user's cache,
-a local file, or are random (seed ``RANDOM_SEED``) for tests and benchmarks; nothing is downloaded
-here except through open_clip's own pretrained tags.
+runs under bf16 autocast on CUDA when asked. Weights come from the offline package, the user's
+cache, a local file, or are random (seed ``RANDOM_SEED``) for tests and benchmarks; nothing is
+downloaded here except through open_clip's own pretrained tags.
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ _ORIENTATION = 0x0112
 
 @dataclass(frozen=True)
 class DecodeSpec:
-    """How an encoder wants its pixels: ``size`` x ``size``, by ``squash`` or ``shortest+center_crop``."""
+    """The pixels an encoder wants: ``size`` x ``size``, ``squash``-ed or shortest side + crop."""
 
     size: int = 224
     resize: str = "squash"
@@ -42,7 +42,8 @@ class DecodeSpec:
         if self.resize not in ("squash", "shortest+center_crop"):
             raise ValueError(f"resize must be squash or shortest+center_crop, not {self.resize!r}")
         if self.interpolation not in ("bilinear", "bicubic"):
-            raise ValueError(f"interpolation must be bilinear or bicubic, not {self.interpolation!r}")
+            raise ValueError("interpolation must be bilinear or bicubic, not "
+                             f"{self.interpolation!r}")
 
     @classmethod
     def from_preprocess(cls, preprocess: dict) -> "DecodeSpec":
@@ -145,8 +146,8 @@ def gpu_decodable(data: bytes) -> bool:
 def resize_tensor(img: torch.Tensor, spec: DecodeSpec) -> torch.Tensor:
     """uint8 (3, H, W) on any device -> uint8 (3, S, S), antialiased like PIL."""
     width, height = spec.target(img.shape[2], img.shape[1])
-    x = torch.nn.functional.interpolate(img[None].float(), size=(height, width),
-                                        mode=spec.interpolation, antialias=True, align_corners=False)
+    x = torch.nn.functional.interpolate(img[None].float(), size=(height, width), antialias=True,
+                                        mode=spec.interpolation, align_corners=False)
     if (width, height) != (spec.size, spec.size):
         left, top = (width - spec.size) // 2, (height - spec.size) // 2
         x = x[..., top:top + spec.size, left:left + spec.size]

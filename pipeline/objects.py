@@ -5,8 +5,8 @@ Used when no object detector is available (see docs: offline models):
 - ``caption_objects(caption)`` finds COCO categories named in a caption, through the category names,
   their plurals and common synonyms ("a man and two puppies on a sofa" -> person, dog, couch);
 - ``caption_object_matrix(captions)`` turns many captions into an (n, 80) multi-hot or count matrix;
-- ``imagenet_phrase(labels)`` describes an image by its top ImageNet labels ("a photo of an espresso,
-  a cup, a coffee mug") so that a sentence encoder can embed it next to the tweet.
+- ``imagenet_phrase(labels)`` describes an image by its top ImageNet labels ("a photo of an
+  espresso, a cup, a coffee mug") so that a sentence encoder can embed it next to the tweet.
 """
 from __future__ import annotations
 

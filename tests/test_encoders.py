@@ -1,4 +1,4 @@
-"""The encoder registry and the loaded encoders: real offline CNN, random ResNet/CLIP, checkpoints."""
+"""The encoder registry and loaded encoders: offline CNN, random ResNet/timm/CLIP, checkpoints."""
 from __future__ import annotations
 
 import numpy as np
