@@ -119,14 +119,48 @@ def _not_built(issue: int):
 @image_dir_option
 @captions_option
 @artifacts_option
+@click.option("--views", default=None, help="Comma-separated subset of text, image_global, "
+              "object_types, region_grid [default: every view the inputs allow].")
+@click.option("--text-encoder", default=None,
+              help="Sentence encoder: registered name, local folder or hf:<id> [default: minilm-l6].")
+@click.option("--image-encoder", default=None,
+              help="CNN for grids and ImageNet classes: efficientnet-lite0 (default), "
+                   "resnet50/101/152, timm:<model>; append :<weights file> or :random.")
+@click.option("--clip", default=None, help="open_clip ARCH/TAG (e.g. ViT-B-32/openai) or "
+              "ARCH/<local checkpoint>: image_global, text and object_types in CLIP space.")
+@click.option("--float16", is_flag=True, help="Store float16 (half the disk and memory).")
+@click.option("--overwrite", is_flag=True, help="Replace feature files made by another config.")
+@click.option("--batch-size", type=int, default=None, help="Images per forward pass [default: 64].")
+@click.option("--workers", type=int, default=None, help="Decode processes [default: min(8, CPUs)].")
+@click.option("--keep-urls", is_flag=True, help="Keep URL tokens in the tweet text.")
+@click.option("--decode", type=click.Choice(["auto", "pil", "gpu"]), default=None,
+              help="JPEG decoding: gpu = nvJPEG on CUDA with a PIL fallback [default: auto].")
 @device_option
 @quiet_option
-def extract(data_dir, image_dir, captions, artifacts, device, quiet):
+@friendly_errors
+def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
     """Image and text features into an HDF5 cache under <artifacts>/features/.
+
+    With only captions (no images): the tweet and its image's caption embedded by one sentence
+    encoder, and COCO objects named in the caption. With --image-dir: CNN region grids, ImageNet
+    probabilities and (without captions) the top labels as a phrase. Files are reused when the
+    configuration is the same; an interrupted run resumes.
 
     Example: python cli.py extract --data-dir ../shared/data/twitter2017
     """
-    _not_built(3)
+    from pipeline.data import default_captions, default_image_dir
+    from pipeline.extract import ExtractConfig, run_extract, summary_lines
+
+    config = ExtractConfig(
+        data_dir=data_dir, captions=captions or default_captions(data_dir),
+        image_dir=image_dir or default_image_dir(data_dir), drop_urls=not keep_urls,
+        views=tuple(v.strip() for v in views.split(",") if v.strip()) if views else (),
+        **{k: v for k, v in options.items() if v is not None})
+    summary = run_extract(config, progress_factory(quiet))
+    for view in summary["views"].values():
+        for note in view["notes"]:
+            click.echo(note, err=True)
+    click.echo("\n".join(summary_lines(summary)))
 
 
 @main.command("build-graphs", context_settings=CONTEXT)

@@ -1,0 +1,289 @@
+"""The ``extract`` stage: a dataset's text and image views into the HDF5 feature cache.
+
+``run_extract(ExtractConfig(...), progress) -> summary``. Which views, and from what:
+
+- captions only (no images): ``text`` = the tweet through the sentence encoder; ``image_global`` =
+  the caption through the same encoder; ``object_types`` = COCO-80 categories named in the caption.
+- with ``image_dir``: ``region_grid`` = CNN grid; ``object_types`` = ImageNet-1k probabilities;
+  ``image_global`` = the caption if there is one, else the top ImageNet labels as a phrase, through
+  the sentence encoder.
+- with ``clip`` (and images): ``text`` and ``image_global`` in CLIP space; ``object_types`` = CLIP
+  zero-shot scores over the 80 COCO names; ``region_grid`` still from the CNN.
+
+Each view is one file named by its fingerprint (pipeline/features.py); a complete file of the same
+configuration is reused without loading any model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import features as fs
+from .artifacts import environment, fingerprint, ids_fingerprint
+from .data import Dataset, load_dataset
+from .encoders import (EncoderSpec, encoder_fingerprint, resolve_device, resolve_encoder)
+from .errors import InvalidConfig
+from .objects import COCO_80, LEXICON
+from .progress import no_progress
+
+VIEWS = ("text", "image_global", "object_types", "region_grid")
+FORMAT_VERSION = 1
+_URL = re.compile(r"^(https?://|www\.)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything ``extract`` needs; defaults live here only."""
+
+    data_dir: Path
+    artifacts: Path = Path("artifacts")
+    captions: Path | None = None          # "<id>.jpg :<caption>" file
+    image_dir: Path | None = None         # <IMGID>.jpg files
+    views: tuple[str, ...] = ()           # empty: every view the inputs allow
+    text_encoder: str = "minilm-l6"       # sentence encoder for the tweet and the bridge
+    image_encoder: str = "efficientnet-lite0"   # CNN for region grids and ImageNet classes
+    clip: str | None = None               # "ARCH/TAG", "ARCH/<checkpoint>" or a registered name
+    drop_urls: bool = True                # tweet text: drop http(s):// and www. tokens
+    max_length: int = 128                 # word pieces per text (sentence encoder)
+    object_counts: bool = False           # caption objects: mention counts instead of 0/1
+    label_topk: int = 3                   # ImageNet labels in the phrase bridge
+    float16: bool = False                 # store features as float16
+    device: str = "auto"
+    precision: str = "auto"               # auto: bf16 autocast on CUDA, fp32 on CPU
+    decode: str = "auto"                  # auto: gpu (nvJPEG) on CUDA, pil on CPU
+    batch_size: int = 64                  # images per forward pass
+    text_batch_size: int = 256            # texts per written batch
+    workers: int | None = None            # decode processes; None: min(8, CPU count)
+    overwrite: bool = False
+
+    def __post_init__(self):
+        unknown = [v for v in self.views if v not in VIEWS]
+        if unknown:
+            raise InvalidConfig(f"unknown view {unknown[0]!r}; choose from {', '.join(VIEWS)}")
+        if self.clip is not None and self.image_dir is None:
+            raise InvalidConfig("--clip embeds images: give --image-dir too")
+        if "region_grid" in self.views and self.image_dir is None:
+            raise InvalidConfig("the region_grid view needs images: give --image-dir")
+        if self.image_dir is None and self.captions is None and set(self.views) - {"text"}:
+            raise InvalidConfig("image views need --image-dir or a captions file (--captions)")
+        for name in ("batch_size", "text_batch_size", "label_topk", "max_length"):
+            if getattr(self, name) < 1:
+                raise InvalidConfig(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.workers is not None and self.workers < 0:
+            raise InvalidConfig(f"workers must be 0 or more, not {self.workers}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise InvalidConfig(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
+        if self.decode not in ("auto", "pil", "gpu"):
+            raise InvalidConfig(f"decode must be auto, pil or gpu, not {self.decode!r}")
+
+    @property
+    def clip_name(self) -> str | None:
+        if self.clip is None:
+            return None
+        return self.clip if self.clip.startswith("clip") else f"clip:{self.clip}"
+
+
+@dataclass
+class Job:
+    """One view file to produce: what it holds, from what, and where."""
+
+    view: str
+    source: str            # tweet_text, caption, imagenet_labels, image
+    producer: str          # sentence, clip_text, caption_objects, cnn, clip_image, label_phrase
+    space: str
+    encoder: dict          # {"spec": ..., "weights_sha256": ...}
+    config: dict
+    inputs_sha256: str
+    path: Path = Path()
+    needs: Path | None = None   # a file this job reads (the ImageNet probabilities of the bridge)
+    fingerprint: str = ""
+    reused: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def tweet_text(tokens, drop_urls: bool) -> str:
+    """The tweet as the sentence encoder sees it: tokens joined by spaces (URLs dropped)."""
+    return " ".join(t for t in tokens if not (drop_urls and _URL.match(t)))
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _image_inputs(dataset: Dataset) -> str:
+    images = dataset.images or {}
+    return _sha([[i, images[i].name, images[i].stat().st_size] if i in images else [i, None]
+                 for i in dataset.item_ids()])
+
+
+def _text_config(config: ExtractConfig) -> dict:
+    return {"join": "space", "drop_urls": config.drop_urls, "max_length": config.max_length,
+            "pooling": "mean", "normalized": True}
+
+
+def _caption_objects_encoder() -> dict:
+    spec = EncoderSpec(name="coco-caption-nouns", modality="text", library="pipeline.objects",
+                       identifier="COCO_80 names, plurals and synonyms", dim=len(COCO_80),
+                       space="objects:coco-80")
+    return {"spec": spec.as_dict(), "weights_sha256": _sha(sorted(
+        [" ".join(k), v] for k, v in LEXICON.items()))}
+
+
+def plan(config: ExtractConfig, dataset: Dataset, precision: str) -> list[Job]:
+    """The view files this configuration produces, in the order they must be made."""
+    images, captions = dataset.images is not None, dataset.captions is not None
+    wanted = set(config.views or (VIEWS if images else ("text", "image_global", "object_types")))
+    if not images and not captions:
+        wanted &= {"text"}
+    text_spec = resolve_encoder(config.text_encoder, "text")
+    sentence = encoder_fingerprint(text_spec) if text_spec.library == "transformers" else None
+    if sentence is None:
+        raise InvalidConfig(f"--text-encoder {config.text_encoder!r} is not a sentence encoder")
+    clip = encoder_fingerprint(resolve_encoder(config.clip_name)) if config.clip else None
+    cnn = encoder_fingerprint(resolve_encoder(config.image_encoder, "image")) if images else None
+    if cnn is not None and cnn["spec"]["library"] == "open_clip":
+        raise InvalidConfig("--image-encoder must be a CNN (efficientnet-lite0, resnet50, "
+                            "timm:<model>); give CLIP with --clip")
+    pixels = {"preprocess": None, "pil_draft": True}
+    tweets = [tweet_text(t.tokens, config.drop_urls) for t in dataset.tweets()]
+    caps = dataset.captions or {}
+    cap_sha = _sha([caps.get(i) for i in dataset.item_ids()])
+    img_sha = _image_inputs(dataset) if images else ""
+    jobs: list[Job] = []
+    if "region_grid" in wanted:
+        jobs.append(Job("region_grid", "image", "cnn", cnn["spec"]["space"], cnn,
+                        {**pixels, "preprocess": cnn["spec"]["preprocess"]}, img_sha))
+    labels_bridge = "image_global" in wanted and images and not captions and clip is None
+    if "object_types" in wanted or labels_bridge:
+        if clip is not None:
+            jobs.append(Job("object_types", "image", "clip_objects", "objects:coco-80-clip", clip,
+                            {**pixels, "preprocess": clip["spec"]["preprocess"],
+                             "classes": "coco-80", "prompt": "a photo of {}.",
+                             "output": "softmax"}, img_sha))
+        elif images:
+            jobs.append(Job("object_types", "image", "cnn", "objects:imagenet-1k", cnn,
+                            {**pixels, "preprocess": cnn["spec"]["preprocess"],
+                             "classes": "imagenet-1k", "output": "softmax"}, img_sha))
+        else:
+            jobs.append(Job("object_types", "caption", "caption_objects", "objects:coco-80",
+                            _caption_objects_encoder(), {"counts": config.object_counts},
+                            cap_sha))
+    if "image_global" in wanted:
+        if clip is not None:
+            jobs.append(Job("image_global", "image", "clip_image", clip["spec"]["space"], clip,
+                            {**pixels, "preprocess": clip["spec"]["preprocess"]}, img_sha))
+        elif captions:
+            jobs.append(Job("image_global", "caption", "sentence", sentence["spec"]["space"],
+                            sentence, {"text": _text_config(config)}, cap_sha))
+        else:
+            jobs.append(Job("image_global", "imagenet_labels", "label_phrase",
+                            sentence["spec"]["space"], sentence,
+                            {"text": _text_config(config), "labeller": cnn,
+                             "topk": config.label_topk, "template": "a photo of a <label>, ..."},
+                            img_sha))
+    if "text" in wanted:
+        if clip is not None:
+            jobs.append(Job("text", "tweet_text", "clip_text", clip["spec"]["space"], clip,
+                            {"text": {"join": "space", "drop_urls": config.drop_urls,
+                                      "tokenizer": "open_clip"}}, _sha(tweets)))
+        else:
+            jobs.append(Job("text", "tweet_text", "sentence", sentence["spec"]["space"], sentence,
+                            {"text": _text_config(config)}, _sha(tweets)))
+    ids = dataset.item_ids()
+    for job in jobs:
+        job.config["precision"] = precision if job.producer != "caption_objects" else "n/a"
+        job.fingerprint = fingerprint({
+            "format": FORMAT_VERSION, "dataset": dataset.name, "view": job.view,
+            "source": job.source, "space": job.space, "encoder": job.encoder, "config": job.config,
+            "inputs_sha256": job.inputs_sha256, "ids_sha256": ids_fingerprint(ids),
+            "dtype": "float16" if config.float16 else "float32"})
+        job.path = fs.file_path(config.artifacts, dataset.name, job.view, job.fingerprint)
+        if job.producer == "label_phrase":    # after its object_types job (planned before it)
+            job.needs = next(j.path for j in jobs if j.view == "object_types")
+    return jobs
+
+
+def job_attrs(job: Job, dataset: Dataset, run: dict) -> dict:
+    return {"view": job.view, "space": job.space, "source": job.source,
+            "encoder": job.encoder["spec"], "weights_sha256": job.encoder["weights_sha256"],
+            "config": {**job.config, "inputs_sha256": job.inputs_sha256, "run": run},
+            "environment": environment(), "dataset": dataset.name,
+            "fingerprint": job.fingerprint, "format_version": FORMAT_VERSION}
+
+
+def run_extract(config: ExtractConfig, progress=no_progress) -> dict:
+    """Extract every planned view (reusing complete files); write the manifest; return a summary."""
+    from .extract_passes import run_jobs
+
+    start = time.perf_counter()
+    dataset = load_dataset(config.data_dir, config.captions, config.image_dir)
+    device = resolve_device(config.device)
+    precision = config.precision if config.precision != "auto" else (
+        "bf16" if device.startswith("cuda") else "fp32")
+    jobs = plan(config, dataset, precision)
+    ids = dataset.item_ids()
+    todo = [job for job in jobs if not _reuse(job, ids, config.overwrite)]
+    if todo:
+        decode = config.decode if config.decode != "auto" else (
+            "gpu" if device.startswith("cuda") else "pil")
+        run = {"device": device, "precision": precision, "decode": decode,
+               "batch_size": config.batch_size, "workers": _workers(config)}
+        run_jobs(todo, dataset, config, run, lambda job: job_attrs(job, dataset, run), progress)
+    views = {job.view: _describe(job) for job in sorted(jobs, key=lambda j: VIEWS.index(j.view))}
+    manifest = fs.write_manifest(config.artifacts, dataset.name, {
+        v: {k: d[k] for k in ("file", "fingerprint", "space", "source", "shape")}
+        for v, d in views.items()})
+    return {"dataset": dataset.name, "items": len(ids), "views": views, "manifest": str(manifest),
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _workers(config: ExtractConfig) -> int:
+    return config.workers if config.workers is not None else min(8, os.cpu_count() or 1)
+
+
+def _reuse(job: Job, ids: list[str], overwrite: bool) -> bool:
+    job.reused = fs.cached(job.path, job.fingerprint, ids, overwrite)
+    return job.reused
+
+
+def _describe(job: Job) -> dict:
+    """Counts of valid / invalid rows (by reason) of a finished view file."""
+    import h5py
+
+    with h5py.File(job.path, "r") as f:
+        valid = f["valid"][()].astype(bool)
+        reasons = [r.decode() if isinstance(r, bytes) else r for r in f["reason"][()]]
+        shape = list(f["features"].shape)
+    invalid: dict[str, int] = {}
+    for ok, reason in zip(valid, reasons):
+        if not ok:
+            key = reason.split(":")[0] or "invalid"
+            invalid[key] = invalid.get(key, 0) + 1
+    return {"file": job.path.name, "path": str(job.path), "fingerprint": job.fingerprint,
+            "space": job.space, "source": job.source, "shape": shape, "reused": job.reused,
+            "valid": int(valid.sum()), "invalid": dict(sorted(invalid.items())),
+            "notes": job.notes}
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """The summary as lines of text (what the CLI prints)."""
+    lines = [f"{summary['dataset']}: {summary['items']} items, {summary['seconds']} s"]
+    for view, d in summary["views"].items():
+        invalid = ", ".join(f"{k} {n}" for k, n in d["invalid"].items()) or "none"
+        state = "reused" if d["reused"] else "written"
+        lines.append(f"  {view:<13} {state:<8} {d['space']} ({d['source']}) shape "
+                     f"{'x'.join(map(str, d['shape']))}: valid {d['valid']}, invalid: {invalid}")
+        lines.append(f"  {'':<13} {d['path']}")
+    lines.append(f"manifest: {summary['manifest']}")
+    return lines
+
+
+def config_dict(config: ExtractConfig) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}

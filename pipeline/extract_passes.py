@@ -1,0 +1,195 @@
+"""The work loops of ``extract``: one pass over the images per image model, one over texts per job.
+
+Image passes decode in DataLoader workers (pipeline/images.py), run the model in batches and write
+every view of that model from the same forward pass; on CUDA the copy of batch i to the host and
+its HDF5 write overlap the forward pass of batch i + 1. Every batch is written and marked done
+before the progress bar moves, so an interrupted run resumes from the last finished batch, and the
+batches of a resumed run are the same as a fresh run's (same rows, same results).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .encoders import load_encoder
+from .features import FeatureWriter, read_features
+from .images import DecodeSpec, image_batches, materialize
+from .objects import caption_object_matrix, coco_prompts, imagenet_phrase
+from .progress import no_progress
+
+IMAGE_PRODUCERS = {"cnn": "cnn", "clip_image": "clip", "clip_objects": "clip"}
+
+
+def run_jobs(jobs, dataset, config, run: dict, attrs_of, progress=no_progress) -> None:
+    """Produce every job's file (resuming ``.tmp`` files); models load only when needed."""
+    dtype = np.float16 if config.float16 else np.float32
+    precision = run["precision"]
+    encoders: dict[str, object] = {}
+
+    def encoder(name: str):
+        if name not in encoders:
+            encoders[name] = load_encoder(name, run["device"], precision)
+        return encoders[name]
+
+    writers = {}
+    try:
+        for job in jobs:
+            writers[job.view] = FeatureWriter(job.path, dataset.item_ids(), attrs_of(job), dtype,
+                                              with_sha=job.source in ("image", "imagenet_labels"))
+            job.notes.extend(writers[job.view].notes)
+        for model in ("cnn", "clip"):
+            group = [j for j in jobs if IMAGE_PRODUCERS.get(j.producer) == model]
+            if group:
+                name = config.image_encoder if model == "cnn" else config.clip_name
+                _image_pass(group, writers, encoder(name), dataset, config, run, progress)
+                for job in group:
+                    writers.pop(job.view).finish()
+        for job in jobs:        # after the image passes: the label bridge reads object_types
+            if job.producer not in IMAGE_PRODUCERS:
+                _text_job(job, writers[job.view], dataset, config, encoder, progress)
+                writers.pop(job.view).finish()
+    finally:
+        for writer in writers.values():
+            writer.close()
+
+
+# ---- images -----------------------------------------------------------------------------------
+
+def _outputs(encoder, views: set[str]):
+    """images -> {view: device tensor} for one model."""
+    if hasattr(encoder, "forward_views"):
+        def run(images):
+            out = encoder.forward_views(images)
+            return {"region_grid": out["grid"], "object_types": out["probs"]}
+        return run
+    prompts = encoder.encode_text(coco_prompts()) if "object_types" in views else None
+
+    def run_clip(images):
+        embeddings = encoder.encode_image(images)
+        out = {"image_global": embeddings}
+        if prompts is not None:
+            out["object_types"] = encoder.zero_shot(embeddings, prompts)
+        return out
+    return run_clip
+
+
+class _Done:
+    """A computed batch on its way to the host (the copy may still be running on CUDA)."""
+
+    def __init__(self, batch: dict, rows_ok: list[int], failed: dict, outputs: dict, dtype):
+        self.batch, self.rows_ok, self.failed = batch, rows_ok, failed
+        cast = torch.float16 if dtype == np.float16 else torch.float32
+        self.host = {k: v.to(cast).to("cpu", non_blocking=True) for k, v in outputs.items()}
+        self.event = None
+        if outputs and next(iter(outputs.values())).is_cuda:
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def write(self, views, writers, bar) -> None:
+        if self.event is not None:
+            self.event.synchronize()
+        rows = self.batch["rows"]
+        position = {row: k for k, row in enumerate(self.rows_ok)}
+        take = [k for k, row in enumerate(rows) if row in position]
+        valid = [row in position for row in rows]
+        reason = ["" if row in position else self.failed.get(row, "not decoded") for row in rows]
+        for view in views:
+            host = self.host.get(view)
+            tail = tuple(host.shape[1:]) if host is not None else _tail(writers[view])
+            full = np.zeros((len(rows), *tail), dtype=writers[view].dtype)
+            if host is not None:
+                full[take] = host.numpy()
+            writers[view].write(rows, full, valid, reason, sha=self.batch["sha"])
+        bar.update(len(rows))
+
+
+def _tail(writer) -> tuple[int, ...]:
+    if "features" in writer.file:
+        return tuple(writer.file["features"].shape[1:])
+    raise RuntimeError("no image of the first batch could be decoded; the feature width is "
+                       "unknown")  # pragma: no cover - only when a whole first batch is broken
+
+
+def _image_pass(jobs, writers, encoder, dataset, config, run, progress) -> None:
+    views = [job.view for job in jobs]
+    ids = dataset.item_ids()
+    paths = [dataset.images.get(item_id) for item_id in ids]
+    pending = sorted(set().union(*(writers[v].pending().tolist() for v in views)))
+    spec = DecodeSpec.from_preprocess(encoder.spec.preprocess)
+    on_cuda = run["device"].startswith("cuda")
+    loader = image_batches(pending, [paths[r] for r in pending], spec, run["decode"],
+                           config.batch_size, run["workers"], pin_memory=on_cuda)
+    forward = _outputs(encoder, set(views))
+    dtype = writers[views[0]].dtype
+    previous = None
+    with progress(total=len(pending), desc=f"images: {', '.join(views)}") as bar:
+        for batch in loader:
+            images, rows_ok, failed = materialize(batch, spec, run["device"])
+            current = _Done(batch, rows_ok, failed, forward(images) if rows_ok else {}, dtype)
+            if previous is not None:
+                previous.write(views, writers, bar)
+            previous = current
+        if previous is not None:
+            previous.write(views, writers, bar)
+
+
+# ---- texts ------------------------------------------------------------------------------------
+
+def _text_inputs(job, dataset, config, encoder):
+    """(reason per row, encode(rows) -> array, width, sha per row or None) for a text job."""
+    ids = dataset.item_ids()
+    if job.view == "text":
+        from .extract import tweet_text
+        texts = [tweet_text(t.tokens, config.drop_urls) for t in dataset.tweets()]
+        reasons = ["" if text.strip() else "empty text" for text in texts]
+        return (reasons, *_embedder(job, texts, config, encoder), None)
+    captions = [(dataset.captions or {}).get(i) for i in ids]
+    reasons = ["no caption" if c is None else "" if c.strip() else "empty caption"
+               for c in captions]
+    if job.producer == "caption_objects":
+        matrix = caption_object_matrix([c or "" for c in captions], job.config["counts"])
+        reasons = [r or ("" if matrix[k].any() else "no object found")
+                   for k, r in enumerate(reasons)]
+        return reasons, (lambda rows: matrix[rows]), matrix.shape[1], None
+    if job.producer == "label_phrase":
+        objects = read_features(job.needs)
+        top = np.argsort(-objects.features, axis=1)[:, :job.config["topk"]]
+        classes = _imagenet_classes()
+        texts = [imagenet_phrase([classes[c] for c in row]) for row in top]
+        return (objects.reason, *_embedder(job, texts, config, encoder), objects.content_sha256)
+    return (reasons, *_embedder(job, [c or "" for c in captions], config, encoder), None)
+
+
+def _imagenet_classes() -> list[str]:
+    from .image_encoders import imagenet_classes
+    return imagenet_classes()
+
+
+def _embedder(job, texts: list[str], config, encoder):
+    """(encode(rows) -> float32 (len(rows), d), d) with the job's text model."""
+    if job.producer == "clip_text":
+        model = encoder(config.clip_name)
+        width = model.spec.dim
+    else:
+        model = encoder(config.text_encoder)
+        model.max_length, width = config.max_length, model.dim
+    return (lambda rows: model.encode([texts[r] for r in rows])), width
+
+
+def _text_job(job, writer, dataset, config, encoder, progress) -> None:
+    pending = writer.pending()
+    if len(pending) == 0:
+        return
+    reasons, encode, width, sha = _text_inputs(job, dataset, config, encoder)
+    with progress(total=len(pending), desc=job.view) as bar:
+        for start in range(0, len(pending), config.text_batch_size):
+            rows = pending[start:start + config.text_batch_size]
+            ok = [k for k, row in enumerate(rows) if not reasons[row]]
+            values = encode(rows[ok]) if ok else None
+            out = np.zeros((len(rows), width), dtype=np.float32)
+            if values is not None:
+                out[ok] = values
+            writer.write(rows, out, [not reasons[r] for r in rows], [reasons[r] for r in rows],
+                         sha=None if sha is None else [sha[r] for r in rows])
+            bar.update(len(rows))
+
