@@ -227,40 +227,132 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn,
 @main.command(context_settings=CONTEXT)
 @data_dir_option
 @artifacts_option
-@click.option("--k", default=5, show_default=True, help="Neighbours per tweet.")
-@click.option("--epochs", default=None, type=int, help="Training epochs.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="A TrainConfig JSON (e.g. a run's config.json); flags given override it.")
+@click.option("--k", type=int, default=None, help="Neighbours per relation [default: 5].")
+@click.option("--epochs", default=None, type=int, help="Training epochs [default: 15].")
 @click.option("--seeds", default="1", show_default=True, help="Comma-separated seeds, e.g. 1,2,3.")
+@click.option("--encoder", default=None, help="Text encoder: registered name, local folder or "
+              "hf:<id> [default: minilm-l6].")
+@click.option("--text-only", is_flag=True, help="No image information at all.")
+@click.option("--no-inter", is_flag=True, help="Without the inter-modal relation graph.")
+@click.option("--no-intra", is_flag=True, help="Without the intra-modal relation graph.")
+@click.option("--no-gate", is_flag=True, help="Fuse image vectors by plain addition.")
+@click.option("--no-shape", is_flag=True, help="Without the word-shape features.")
+@click.option("--graph-source", type=click.Choice(["ours", "rgcn"]), default=None,
+              help="Our graphs or the authors' imported lists [default: ours].")
+@click.option("--pool", type=click.Choice(["all", "train"]), default=None,
+              help="Pool the graphs must be built over [default: all].")
+@click.option("--node-view", type=click.Choice(["auto", "region_grid", "image_global"]),
+              default=None, help="Node features [default: auto: region grids if extracted].")
+@click.option("--features", type=click.Path(path_type=Path), default=None,
+              help="Node feature file [default: from the extract manifest].")
+@click.option("--inter-graph", type=click.Path(path_type=Path), default=None,
+              help="Inter-modal graph file [default: from the build-graphs manifest].")
+@click.option("--intra-graph", type=click.Path(path_type=Path), default=None,
+              help="Intra-modal graph file [default: from the build-graphs manifest].")
+@click.option("--batch-size", type=int, default=None, help="[default: 16]")
+@click.option("--lr-encoder", type=float, default=None, help="[default: 1e-4]")
+@click.option("--lr-head", type=float, default=None, help="New layers' rate [default: 1e-3].")
+@click.option("--patience", type=int, default=None, help="Early-stopping epochs [default: 4].")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=None,
+              help="auto: bf16 autocast on CUDA, fp32 on CPU.")
+@click.option("--deterministic", is_flag=True, help="torch deterministic algorithms.")
+@click.option("--slug", default=None, help="Run folder suffix [default: <dataset>-<variant>-s<seed>].")
 @device_option
 @quiet_option
-def train(data_dir, artifacts, k, epochs, seeds, device, quiet):
+@friendly_errors
+def train(config_file, seeds, quiet, **options):
     """Train the GCN-CRF tagger on cached features and graphs; one run folder per seed.
+
+    Prints the test P/R/F1 table (one seed) or mean ± std of test F1 (several), both modes.
 
     Example: python cli.py train --data-dir ../shared/data/twitter2017 --seeds 1,2,3
     """
-    _not_built(5)
+    from click.core import ParameterSource
+
+    from trainer.config import TrainConfig
+    from trainer.run import summary, train_seeds
+
+    ctx = click.get_current_context()
+    given = {name: value for name, value in options.items()
+             if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
+    base = (TrainConfig.from_json(config_file) if config_file
+            else TrainConfig(data_dir=options["data_dir"]))
+    config = base.with_overrides(**given)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{seeds!r} is not a comma-separated list of integers",
+                                 param_hint="--seeds") from None
+    results = train_seeds(config, seed_list or [config.seed], progress_factory(quiet),
+                          log=lambda m: click.echo(m, err=True))
+    for result in results:
+        click.echo(f"wrote {result.path} (best epoch {result.best_epoch}, {result.seconds:.0f} s)")
+    click.echo(summary(results))
 
 
 @main.command(context_settings=CONTEXT)
 @click.option("--run", type=click.Path(path_type=Path), required=True, help="A run folder.")
 @click.option("--split", default="test", show_default=True, help="train, valid or test.")
 @device_option
+@friendly_errors
 def evaluate(run, split, device):
-    """Re-score a saved run on a split.
+    """Re-score a saved run on a split and print its P/R/F1 table (both modes).
+
+    The run loads from its folder alone (safetensors + JSON); the data and the feature and graph
+    files it recorded must be unchanged.
 
     Example: python cli.py evaluate --run artifacts/runs/<id> --split test
     """
-    _not_built(5)
+    from trainer.metrics import format_table
+    from trainer.run import evaluate_run
+
+    result, _ = evaluate_run(run, split, device)
+    click.echo(format_table(result.scores, f"{split} ({run}, {len(result.tags)} tweets)"))
 
 
 @main.command(context_settings=CONTEXT)
 @click.option("--run", type=click.Path(path_type=Path), required=True, help="A run folder.")
+@click.option("--input", "input_file", type=click.Path(path_type=Path), default=None,
+              help="Tweets in the UMT format (IMGID lines, token<TAB>tag; tags may all be O).")
+@click.option("--text", default=None, help="One tweet, words separated by spaces.")
+@click.option("--image", type=click.Path(path_type=Path), default=None,
+              help="The --text tweet's image file.")
+@click.option("--caption", default=None, help="A caption of the --text tweet's image.")
+@captions_option
+@image_dir_option
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Write the tagged tweets (CoNLL) here instead of stdout.")
 @device_option
-def predict(run, device):
-    """Tag new tweets with a saved run.
+@friendly_errors
+def predict(run, input_file, text, image, caption, captions, image_dir, output, device):
+    """Tag new tweets with a saved run (a UMT file, or one --text with --image/--caption).
+
+    New tweets get their neighbours from the run's pool through the same encoders and search as
+    build-graphs; tweets of the run's dataset keep their recorded neighbours. With gold tags in
+    --input, the P/R/F1 table goes to stderr.
 
     Example: python cli.py predict --run artifacts/runs/<id> --text "Obama visits Paris"
     """
-    _not_built(5)
+    import contextlib
+
+    from trainer.metrics import format_table
+    from trainer.predict import file_examples, predict as tag, text_example, write_predictions
+
+    if (input_file is None) == (text is None):
+        raise click.UsageError("give exactly one of --input FILE or --text TEXT")
+    examples = (file_examples(input_file, captions, image_dir) if input_file
+                else [text_example(text, caption, image)])
+    result = tag(run, examples, device)
+    if text is not None and result.neighbours[0]:
+        click.echo(f"neighbours: {result.neighbours[0]}", err=True)
+    if result.scores is not None:
+        click.echo(format_table(result.scores, f"{input_file} ({len(examples)} tweets)"), err=True)
+    with (open(output, "w", encoding="utf-8") if output else contextlib.nullcontext(sys.stdout)) as out:
+        write_predictions(result, out)
+    if output:
+        click.echo(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -64,3 +64,44 @@ def tiny_image_inputs(dataset, dim: int = 6, regions: int | None = None, k: int 
 def tiny_dataset():
     from pipeline.data import load_dataset
     return load_dataset(TINY)
+
+
+def invoke(*args):
+    """Run ``cli.py`` through click's CliRunner (the real command path)."""
+    from click.testing import CliRunner
+
+    import cli
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory, tiny_encoder):
+    """The tiny dataset after the real ``extract`` (captions, tiny sentence encoder) and
+    ``build-graphs --k 3``: ``(data_dir, artifacts)``. Read-only: copy before changing files."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("pipeline")
+    data, artifacts = root / "tiny", root / "artifacts"
+    shutil.copytree(TINY, data)
+    result = invoke("extract", "--data-dir", data, "--artifacts", artifacts, "--text-encoder",
+                    tiny_encoder, "--quiet")
+    assert result.exit_code == 0, result.output
+    result = invoke("build-graphs", "--data-dir", data, "--artifacts", artifacts, "--k", 3, "--quiet")
+    assert result.exit_code == 0, result.output
+    return data, artifacts
+
+
+def train_args(data, artifacts, encoder, *extra):
+    return ("train", "--data-dir", data, "--artifacts", artifacts, "--encoder", encoder, "--k", 3,
+            "--epochs", 2, "--batch-size", 4, "--quiet", *extra)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_pipeline, tiny_encoder):
+    """One trained full-model run on the tiny pipeline (2 epochs): its folder."""
+    data, artifacts = tiny_pipeline
+    result = invoke(*train_args(data, artifacts, tiny_encoder, "--lr-head", "0.01"))
+    assert result.exit_code == 0, result.output
+    runs = sorted((artifacts / "runs").iterdir())
+    assert len(runs) == 1
+    return runs[0]

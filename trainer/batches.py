@@ -48,6 +48,7 @@ class ImageInputs:
     neighbours by the inter-modal (tweet text -> images) and intra-modal (its image -> images)
     relation, best first, with their scores in ``*_score``. ``-1`` means "none": an invalid image,
     a flagged query or a missing neighbour. Those are masked out, never fed as zeros.
+    ``table_ids`` names the image of each table row (predict joins new neighbours by it).
     """
 
     item_ids: list[str]
@@ -58,6 +59,7 @@ class ImageInputs:
     intra: np.ndarray
     intra_score: np.ndarray
     view: str = "image_global"
+    table_ids: list[str] | None = None   # the image id of each table row, when known
 
     def __post_init__(self):
         n = len(self.item_ids)

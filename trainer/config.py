@@ -165,6 +165,23 @@ class TrainConfig:
                 data[key] = _build(kind, data[key], f"{where}: {key}")
         return _build(cls, data, where)
 
+    def with_overrides(self, **flat) -> "TrainConfig":
+        """A copy with flat option names applied: ``k``, ``epochs``, ``encoder``, ``no_inter``...
+        (``OVERRIDES`` maps each to its field; ``no_*`` flags switch the field off)."""
+        groups: dict[str, dict] = {"": {}, "model": {}, "optim": {}}
+        for name, value in flat.items():
+            if name not in OVERRIDES:
+                raise InvalidConfig(f"unknown option {name!r}; valid: {', '.join(sorted(OVERRIDES))}")
+            group, target = OVERRIDES[name]
+            if name.startswith("no_"):
+                if not value:
+                    continue
+                value = False
+            groups[group][target] = value
+        return dataclasses.replace(
+            self, **groups[""], model=dataclasses.replace(self.model, **groups["model"]),
+            optim=dataclasses.replace(self.optim, **groups["optim"]))
+
     @classmethod
     def from_json(cls, path) -> "TrainConfig":
         try:
@@ -174,6 +191,20 @@ class TrainConfig:
         except json.JSONDecodeError as err:
             raise InvalidConfig(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
         return cls.from_dict(data, str(path))
+
+
+OVERRIDES = {  # flat option name -> (group, field); "" is TrainConfig itself
+    **{name: ("", name) for name in ("data_dir", "artifacts", "seed", "device", "precision",
+                                     "deterministic", "graph_source", "pool", "features",
+                                     "inter_graph", "intra_graph", "slug")},
+    **{name: ("model", name) for name in ("encoder", "text_only", "k", "node_view", "region_pool",
+                                          "graph_dim", "gcn_layers", "heads", "dropout",
+                                          "max_subwords")},
+    "no_inter": ("model", "inter"), "no_intra": ("model", "intra"), "no_gate": ("model", "gate"),
+    "no_shape": ("model", "shape"),
+    **{name: ("optim", name) for name in ("epochs", "batch_size", "lr_encoder", "lr_head",
+                                          "weight_decay", "warmup", "clip", "patience")},
+}
 
 
 def _build(kind, data, where: str):

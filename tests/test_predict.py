@@ -1,0 +1,92 @@
+"""`predict`: a saved run tags a UMT file exactly as it tagged the test split, and new tweets end to
+end, with neighbours computed through the same encoders as the feature cache."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from tagger_fixtures import (invoke, tiny_encoder, tiny_pipeline, tiny_run,  # noqa: F401
+                             train_args)
+from trainer.batches import SHAPE_FEATURES
+
+
+def test_save_load_predict_gives_the_saved_tags(tiny_run, tiny_pipeline):
+    data, _ = tiny_pipeline
+    assert not [p for p in tiny_run.rglob("*") if p.suffix in (".pt", ".bin", ".pkl", ".pth")]
+    result = invoke("predict", "--run", tiny_run, "--input", data / "test.txt")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (tiny_run / "predictions_test.conll").read_text()
+    assert "overall" in result.stderr       # gold tags in the input: the P/R/F1 table
+
+
+def test_predict_tags_a_new_tweet_end_to_end(tiny_run):
+    result = invoke("predict", "--run", tiny_run, "--text", "Obama visits #Paris with @NASA",
+                    "--caption", "a man waving at a crowd")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == "IMGID:text-1" and lines[-1] == ""
+    tokens = [line.split("\t") for line in lines[1:-1]]
+    assert [t[0] for t in tokens] == ["Obama", "visits", "#Paris", "with", "@NASA"]
+    labels = json.loads((tiny_run / "model.json").read_text())["labels"]
+    assert all(t[1].replace("OTHER", "MISC") in labels for t in tokens)
+    shown = [line for line in result.stderr.splitlines() if line.startswith("neighbours: ")]
+    neighbours = eval(shown[0][len("neighbours: "):])  # noqa: S307 - our own printed dict
+    pool = {line[6:] for name in ("train", "valid", "test")
+            for line in (tiny_run.parent.parent.parent / "tiny" / f"{name}.txt").read_text().splitlines()
+            if line.startswith("IMGID:")}
+    assert len(neighbours["inter"]) == 3 and set(neighbours["inter"]) <= pool
+    assert len(neighbours["intra"]) == 3    # "man" and "crowd" name the COCO class person
+
+
+def test_without_a_caption_the_new_tweet_has_no_image_and_no_intra_neighbours(tiny_run):
+    from trainer.predict import predict, text_example
+
+    result = predict(tiny_run, [text_example("Rain in Seattle")], "cpu")
+    assert result.neighbours[0]["intra"] == [] and len(result.neighbours[0]["inter"]) == 3
+    assert len(result.tags[0]) == 3 and result.known == 0
+
+
+def test_new_tweets_get_the_vectors_of_the_feature_cache(tiny_pipeline):
+    """A dataset tweet and its caption, embedded anew, give the cached rows (same encoders)."""
+    from pipeline.data import load_dataset
+    from pipeline.features import load_manifest, read_features
+    from trainer.predict import Example, feature_attrs, view_vectors
+
+    data, artifacts = tiny_pipeline
+    dataset = load_dataset(data, data / "image_captions" / "captions.txt")
+    tweets = dataset.tweets("train")
+    examples = [Example(f"new-{t.item_id}", t.tokens, (), dataset.captions[t.item_id])
+                for t in tweets]
+    for view, path in load_manifest(artifacts, "tiny").items():
+        cached = read_features(path)
+        X, ok = view_vectors(feature_attrs(path), examples, "cpu")
+        rows, valid = cached.rows([t.item_id for t in tweets])
+        assert ok.tolist() == valid.tolist(), view
+        np.testing.assert_allclose(X[ok], rows[valid], atol=1e-5, err_msg=view)
+
+
+def test_a_caption_run_refuses_an_image_and_usage_errors(tiny_run, tmp_path):
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"not really")
+    result = invoke("predict", "--run", tiny_run, "--text", "Obama", "--image", image)
+    assert result.exit_code == 1
+    assert result.output == ("Error: this run's image_global features come from captions; give "
+                             "--caption (or --captions for a file), not --image\n")
+    result = invoke("predict", "--run", tiny_run)
+    assert result.exit_code == 2 and "give exactly one of --input FILE or --text TEXT" in result.output
+    result = invoke("predict", "--run", tmp_path, "--text", "x")
+    assert result.output == (f"Error: {tmp_path}: not a run folder (no config.json); pass a folder "
+                             "under <artifacts>/runs/\n")
+
+
+def test_a_text_only_run_predicts_without_any_image_input(tiny_dir, tmp_path, tiny_encoder):
+    result = invoke(*train_args(tiny_dir, tmp_path, tiny_encoder, "--text-only", "--no-shape",
+                                "--epochs", 1))
+    assert result.exit_code == 0, result.output
+    run = next((tmp_path / "runs").iterdir())
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["node_shape"] is None and meta["shape_features"] == list(SHAPE_FEATURES)
+    result = invoke("predict", "--run", run, "--input", tiny_dir / "test.txt")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (run / "predictions_test.conll").read_text()

@@ -1,0 +1,174 @@
+"""`train` and `evaluate` through the CLI on the tiny dataset after the real extract and build-graphs:
+the run folder, re-scoring, reproducibility from config.json, seeds, and refused inputs."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import pytest
+
+from tagger_fixtures import (invoke, tiny_encoder, tiny_pipeline, tiny_run,  # noqa: F401
+                             train_args)
+from trainer.config import ModelConfig, OptimConfig, TrainConfig
+
+
+def test_config_round_trips_and_refuses_bad_values(tmp_path):
+    config = TrainConfig(data_dir="d", model=ModelConfig(inter=False, k=3), optim=OptimConfig(epochs=2))
+    path = tmp_path / "c.json"
+    config.to_json(path)
+    assert TrainConfig.from_json(path) == config
+    assert config.model.variant() == "no-inter"
+    assert ModelConfig(text_only=True).inter is False and ModelConfig(text_only=True).variant() == "text-only"
+    assert config.with_overrides(no_gate=True, epochs=4, pool="train") == TrainConfig(
+        data_dir="d", pool="train", model=ModelConfig(inter=False, k=3, gate=False),
+        optim=OptimConfig(epochs=4))
+    path.write_text(json.dumps({"data_dir": "d", "model": {"layers": 2}}))
+    with pytest.raises(Exception) as err:
+        TrainConfig.from_json(path)
+    assert str(err.value) == (f"{path}: model: unknown key 'layers'; valid keys: bio_constraints, "
+                              "dropout, encoder, gate, gcn_layers, graph_dim, heads, inter, intra, k, "
+                              "max_subwords, node_view, region_pool, shape, text_only")
+    with pytest.raises(Exception) as err:
+        ModelConfig(graph_dim=30, heads=4)
+    assert str(err.value) == "model.graph_dim (30) must be a positive multiple of model.heads (4)"
+
+
+def test_train_writes_a_complete_run(tiny_run, tiny_pipeline):
+    data, artifacts = tiny_pipeline
+    assert tiny_run.name.endswith("-tiny-full-s1") and not tiny_run.name.endswith(".tmp")
+    for name in ("config.json", "env.json", "inputs.json", "metrics.jsonl", "results.json",
+                 "predictions_valid.conll", "predictions_test.conll", "model.safetensors",
+                 "model.json", "encoder/config.json", "curve.png"):
+        assert (tiny_run / name).is_file(), name
+    config = TrainConfig.from_json(tiny_run / "config.json")
+    assert config.model.node_view == "image_global" and config.model.k == 3 and config.seed == 1
+    epochs = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert set(epochs[0]["valid"]) == {"conlleval", "strict"}
+    assert (tiny_run / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    record = json.loads((tiny_run / "inputs.json").read_text())
+    manifest = json.loads((artifacts / "graphs" / "tiny" / "manifest.json").read_text())["graphs"]
+    assert record["image"]["inter"]["path"].endswith(manifest["inter"])
+    with h5py.File(record["image"]["intra"]["path"]) as h5:
+        assert record["image"]["intra"]["fingerprint"] == h5.attrs["fingerprint"]
+    assert record["image"]["masked"]["intra"]["flagged_queries"] == 4  # captions naming no object
+    env = json.loads((tiny_run / "env.json").read_text())
+    assert env["device"]["name"] == "cpu" and "git_sha" in env["code"]
+    conll = (tiny_run / "predictions_test.conll").read_text().split("\n\n")
+    assert conll[0].splitlines()[0] == "IMGID:301"
+    assert conll[0].splitlines()[1].split("\t")[:2] == ["Messi", "B-PER"]
+    assert (data / "test.txt").read_text().count("\t") == sum(
+        block.count("\t") // 2 for block in conll)
+
+
+def test_evaluate_rescores_the_saved_run(tiny_run):
+    from trainer.run import evaluate_run
+
+    results = json.loads((tiny_run / "results.json").read_text())
+    result = invoke("evaluate", "--run", tiny_run, "--split", "test")
+    assert result.exit_code == 0, result.output
+    overall = [line for line in result.output.splitlines() if line.startswith("overall")][0]
+    f1 = {m: 100 * results["test"][m]["overall"]["f1"] for m in ("conlleval", "strict")}
+    assert overall.split()[-1] == f"{f1['strict']:.2f}" and overall.split()[-5] == f"{f1['conlleval']:.2f}"
+    evaluation, _ = evaluate_run(tiny_run, "test", "cpu")
+    saved = [[line.split("\t")[2] for line in block.splitlines()[1:]]
+             for block in (tiny_run / "predictions_test.conll").read_text().strip().split("\n\n")]
+    assert [[t.replace("MISC", "OTHER") for t in tags] for tags in evaluation.tags] == saved
+
+
+def test_a_run_is_reproduced_from_its_config_json(tiny_run, tmp_path):
+    result = invoke("train", "--config", tiny_run / "config.json", "--artifacts", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    again = next((tmp_path / "runs").iterdir())
+    first = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    second = [json.loads(x) for x in (again / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(first, second):
+        assert a["train_loss"] == b["train_loss"] and a["valid"] == b["valid"]
+    assert (again / "predictions_test.conll").read_text() == (
+        tiny_run / "predictions_test.conll").read_text()
+
+
+def test_text_only_seeds_need_no_features_and_report_mean_std(tiny_dir, tmp_path, tiny_encoder):
+    result = invoke(*train_args(tiny_dir, tmp_path, tiny_encoder, "--text-only", "--seeds", "1,2",
+                                "--epochs", 1))
+    assert result.exit_code == 0, result.output
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert [r.split("-", 2)[2] for r in runs] == ["tiny-text-only-s1", "tiny-text-only-s2"]
+    lines = result.output.splitlines()
+    assert any(line.startswith("test F1 conlleval: ") and "± " in line and "over 2 seed(s)" in line
+               for line in lines)
+    assert any(line.startswith("test F1 strict: ") for line in lines)
+
+
+def test_an_image_model_without_extract_says_what_to_run(tiny_dir, tmp_path, tiny_encoder):
+    result = invoke(*train_args(tiny_dir, tmp_path, tiny_encoder))
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {tmp_path / 'features' / 'tiny' / 'manifest.json'}")
+    assert "run `python cli.py extract --data-dir" in result.output
+    assert result.output.count("\n") == 1
+
+
+@pytest.fixture
+def other_dataset(tmp_path, tiny_pipeline, tiny_encoder):
+    """The same tweets under another dataset name, extracted and with graphs."""
+    data, _ = tiny_pipeline
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    artifacts = tmp_path / "artifacts"
+    assert invoke("extract", "--data-dir", other, "--artifacts", artifacts, "--text-encoder",
+                  tiny_encoder, "--quiet").exit_code == 0
+    assert invoke("build-graphs", "--data-dir", other, "--artifacts", artifacts, "--k", 3,
+                  "--quiet").exit_code == 0
+    return artifacts
+
+
+def test_features_or_graphs_of_another_dataset_are_refused(tiny_pipeline, tiny_encoder,
+                                                           other_dataset, tmp_path):
+    data, artifacts = tiny_pipeline
+    foreign = json.loads((other_dataset / "features" / "other" / "manifest.json").read_text())
+    features = other_dataset / "features" / "other" / foreign["views"]["image_global"]["file"]
+    result = invoke(*train_args(data, artifacts, tiny_encoder, "--features", features))
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {features}: built for dataset other, not tiny; run "
+                             f"`python cli.py extract --data-dir {data}` first\n")
+    graphs = json.loads((other_dataset / "graphs" / "other" / "manifest.json").read_text())
+    graph = other_dataset / "graphs" / "other" / graphs["graphs"]["inter"]
+    result = invoke(*train_args(data, artifacts, tiny_encoder, "--inter-graph", graph))
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {graph}: built for dataset other, not tiny; run "
+                             f"`python cli.py build-graphs --data-dir {data}` first\n")
+
+
+def test_graphs_over_another_pool_are_refused(tiny_pipeline, tiny_encoder, tmp_path):
+    data, artifacts = tiny_pipeline
+    copy = tmp_path / "artifacts"
+    shutil.copytree(artifacts / "features", copy / "features")
+    result = invoke("build-graphs", "--data-dir", data, "--artifacts", copy, "--k", 3, "--pool",
+                    "train", "--quiet")
+    assert result.exit_code == 0, result.output
+    inter = copy / "graphs" / "tiny" / json.loads(
+        (copy / "graphs" / "tiny" / "manifest.json").read_text())["graphs"]["inter"]
+    result = invoke(*train_args(data, copy, tiny_encoder))
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {inter}: built over pool 'train' but this run uses pool "
+                             "'all'; pass --pool train or run `python cli.py build-graphs --pool "
+                             "all`\n")
+
+
+def test_evaluate_refuses_a_changed_graph_file(tiny_run, tmp_path):
+    run = tmp_path / tiny_run.name
+    shutil.copytree(tiny_run, run)
+    record = json.loads((run / "inputs.json").read_text())
+    graph = tmp_path / "inter.h5"
+    shutil.copy(record["image"]["inter"]["path"], graph)
+    with h5py.File(graph, "r+") as h5:
+        h5.attrs["fingerprint"] = "0" * 64
+    record["image"]["inter"]["path"] = str(graph)
+    (run / "inputs.json").write_text(json.dumps(record))
+    result = invoke("evaluate", "--run", run)
+    assert result.exit_code == 1
+    expected = record["image"]["inter"]["fingerprint"][:12]
+    assert result.output == (f"Error: {graph}: changed since run {run.name} was trained "
+                             f"(fingerprint 000000000000, recorded {expected}); restore it or "
+                             "train again\n")

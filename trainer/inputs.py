@@ -1,0 +1,206 @@
+"""What a training run reads: the dataset, the node features and the two relation graphs.
+
+``load_inputs(config)`` finds the files (the manifests written by ``extract`` and ``build-graphs``
+for the dataset, unless the config names files) and checks that they belong together: features and
+graphs built for another dataset, graphs over another pool than the run asks for, or graphs whose
+pool holds images the feature file does not know are refused with one line saying what to run.
+``inputs_from_record(run_dir)`` rebuilds a saved run's inputs from its ``inputs.json`` and refuses
+files that changed since (fingerprints).
+
+Node features: the run's ``node_view``, or with ``auto`` the region grids when they were extracted
+and the ``image_global`` vectors otherwise. Neighbours and own images without a valid vector are
+masked (-1), and counted in the record.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import fingerprint
+from pipeline.data import Dataset, load_dataset
+from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput
+
+from .batches import ImageInputs
+from .config import TrainConfig
+
+NODE_VIEWS = ("region_grid", "image_global")
+
+
+@dataclass
+class TrainInputs:
+    """The dataset plus (for image models) the node table and neighbours; ``files`` says where
+    they came from (paths, fingerprints, counts) and goes into ``inputs.json``."""
+
+    dataset: Dataset
+    image: ImageInputs | None = None
+    files: dict = field(default_factory=dict)
+
+    def record(self, **extra) -> dict:
+        return {"dataset": self.dataset.name, "data_dir": str(Path(self.dataset.root).resolve()),
+                "splits": split_fingerprints(self.dataset), "image": self.files or None, **extra}
+
+
+def split_fingerprints(dataset: Dataset) -> dict:
+    return {name: {"tweets": len(tweets),
+                   "sha256": fingerprint([[t.item_id, t.tokens, t.tags] for t in tweets])}
+            for name, tweets in dataset.splits.items()}
+
+
+def _graph_key(relation: str, source: str) -> str:
+    return relation if source == "ours" else f"{relation}-{source}"
+
+
+def resolve_files(config: TrainConfig, dataset: Dataset) -> dict[str, Path]:
+    """``{"features": path, "inter": path, "intra": path}`` (graphs only for relations in use)."""
+    model, files = config.model, {}
+    if config.features:
+        files["features"] = Path(config.features)
+    else:
+        from pipeline.features import load_manifest
+        views = load_manifest(config.artifacts, dataset.name)
+        view = model.node_view if model.node_view != "auto" else next(
+            (v for v in NODE_VIEWS if v in views), NODE_VIEWS[-1])
+        if view not in views:
+            raise MissingInput(f"no {view} features for {dataset.name} in {config.artifacts}; run "
+                               f"`python cli.py extract --data-dir {config.data_dir}` first")
+        files["features"] = Path(views[view])
+    wanted = [r for r, on in (("inter", model.inter), ("intra", model.intra)) if on]
+    given = {"inter": config.inter_graph, "intra": config.intra_graph}
+    if any(not given[r] for r in wanted):
+        from pipeline.graphs import load_graph_manifest
+        manifest = load_graph_manifest(config.artifacts, dataset.name)
+    for relation in wanted:
+        key = _graph_key(relation, config.graph_source)
+        if given[relation]:
+            files[relation] = Path(given[relation])
+        elif key in manifest:
+            files[relation] = Path(manifest[key])
+        else:
+            raise MissingInput(f"no {key} graph for {dataset.name} in {config.artifacts}; run "
+                               f"`python cli.py build-graphs --data-dir {config.data_dir}` first")
+    return files
+
+
+def load_inputs(config: TrainConfig, log=None) -> TrainInputs:
+    """The dataset of ``config.data_dir`` and, unless text-only, its node features and graphs."""
+    dataset = load_dataset(config.data_dir)
+    if not config.model.uses_image:
+        return TrainInputs(dataset)
+    files = resolve_files(config, dataset)
+    inputs = build_inputs(dataset, files, config.model.k, config.pool, config.model.node_view)
+    if log is not None:
+        counts = inputs.files["masked"]
+        log(f"node features: {inputs.image.view} {list(inputs.image.node_shape)} from "
+            f"{files['features']}; masked: {counts}")
+    return inputs
+
+
+def build_inputs(dataset: Dataset, files: dict[str, Path], k: int, pool: str,
+                 node_view: str = "auto") -> TrainInputs:
+    """Join features and graphs to the dataset's items (by id) into ``ImageInputs``."""
+    from pipeline.features import read_features
+    from pipeline.graphs import read_graph
+
+    features = read_features(files["features"])
+    view = features.attrs.get("view")
+    where = files["features"]
+    if view not in NODE_VIEWS or node_view not in ("auto", view):
+        raise InvalidConfig(f"{where}: holds {view} features; node features must be "
+                            f"{node_view if node_view != 'auto' else ' or '.join(NODE_VIEWS)}")
+    _same_dataset(where, features.attrs.get("dataset"), dataset, "extract")
+    row_of = {item: row for row, item in enumerate(features.item_ids)}
+    items = dataset.item_ids()
+    missing = [i for i in items if i not in row_of]
+    if missing:
+        raise CacheMismatch(f"{where}: has no row for {len(missing)} item(s) of {dataset.name} "
+                            f"(e.g. {missing[0]}); run `python cli.py extract --data-dir "
+                            f"{dataset.root}` again")
+    rows = np.array([row_of[i] for i in items], dtype=np.int64)
+    own = np.where(features.valid[rows], rows, -1)
+    record = {"features": {"path": str(Path(where).resolve()), "fingerprint": features.attrs.get("fingerprint"),
+                           "view": view, "space": features.attrs.get("space"),
+                           "shape": list(features.features.shape[1:])},
+              "masked": {"own_image": int((own < 0).sum())}}
+    neighbours = {}
+    for relation in ("inter", "intra"):
+        if relation not in files:
+            neighbours[relation] = (np.full((len(items), k), -1, np.int64),
+                                    np.zeros((len(items), k), np.float32))
+            continue
+        graph = read_graph(files[relation])
+        _check_graph(graph, files[relation], dataset, pool)
+        I, D, flagged = graph.lookup(items, k)
+        pool_rows = np.array([row_of.get(p, -1) for p in graph.pool_ids], dtype=np.int64)
+        unknown = sorted({graph.pool_ids[j] for j in I[I >= 0] if pool_rows[j] < 0})
+        if unknown:
+            raise CacheMismatch(f"{files[relation]}: its pool holds {len(unknown)} image(s) that "
+                                f"{where.name} has no row for (e.g. {unknown[0]}); rebuild the "
+                                "graphs from these features with `python cli.py build-graphs`")
+        mapped = np.where(I >= 0, pool_rows[np.maximum(I, 0)], -1)
+        mapped = np.where((mapped >= 0) & features.valid[np.maximum(mapped, 0)], mapped, -1)
+        neighbours[relation] = (mapped, np.nan_to_num(D.astype(np.float32)))
+        record[relation] = {"path": str(Path(files[relation]).resolve()),"fingerprint": graph.attrs.get("fingerprint"),
+                            "source": graph.attrs.get("source"), "pool": graph.attrs.get("pool"),
+                            "k": k, "space": graph.attrs.get("space")}
+        record["masked"][relation] = {"flagged_queries": int(flagged.sum()),
+                                      "missing_neighbours": int((mapped < 0).sum())}
+    image = ImageInputs(items, features.features, own, *neighbours["inter"], *neighbours["intra"],
+                        view=view, table_ids=list(features.item_ids))
+    return TrainInputs(dataset, image, record)
+
+
+def _same_dataset(path, recorded, dataset: Dataset, command: str) -> None:
+    if recorded != dataset.name:
+        raise CacheMismatch(f"{path}: built for dataset {recorded}, not {dataset.name}; run "
+                            f"`python cli.py {command} --data-dir {dataset.root}` first")
+
+
+def _check_graph(graph, path, dataset: Dataset, pool: str) -> None:
+    _same_dataset(path, graph.attrs.get("dataset"), dataset, "build-graphs")
+    if graph.attrs.get("pool") != pool:
+        raise CacheMismatch(f"{path}: built over pool '{graph.attrs.get('pool')}' but this run "
+                            f"uses pool '{pool}'; pass --pool {graph.attrs.get('pool')} or run "
+                            f"`python cli.py build-graphs --pool {pool}`")
+
+
+def inputs_from_record(run_dir, config: TrainConfig) -> TrainInputs:
+    """A saved run's inputs, rebuilt from its ``inputs.json``; refuses changed data or files."""
+    run_dir = Path(run_dir)
+    path = run_dir / "inputs.json"
+    if not path.is_file():
+        raise MissingInput(f"{path}: not found; is {run_dir} a finished run folder?")
+    record = json.loads(path.read_text())
+    dataset = load_dataset(record["data_dir"])
+    now = split_fingerprints(dataset)
+    for split, expected in record["splits"].items():
+        if now.get(split, {}).get("sha256") != expected["sha256"]:
+            raise CacheMismatch(f"{dataset.root}/{split}.txt: changed since run {run_dir.name} "
+                                "was trained; evaluate needs the data it was trained on")
+    if not record.get("image"):
+        return TrainInputs(dataset)
+    files = {}
+    for name in ("features", "inter", "intra"):
+        entry = record["image"].get(name)
+        if entry is None:
+            continue
+        files[name] = Path(entry["path"])
+        _check_fingerprint(files[name], entry["fingerprint"], run_dir, name)
+    return build_inputs(dataset, files, config.model.k, config.pool, config.model.node_view)
+
+
+def _check_fingerprint(path: Path, expected: str, run_dir: Path, name: str) -> None:
+    import h5py
+
+    if not path.is_file():
+        raise MissingInput(f"{path}: the {name} file of run {run_dir.name} is gone; restore it or "
+                           "train again")
+    with h5py.File(path, "r") as h5:
+        found = h5.attrs.get("fingerprint")
+    found = found.decode() if isinstance(found, bytes) else found
+    if found != expected:
+        raise CacheMismatch(f"{path}: changed since run {run_dir.name} was trained (fingerprint "
+                            f"{str(found)[:12]}, recorded {str(expected)[:12]}); restore it or "
+                            "train again")

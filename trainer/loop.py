@@ -1,0 +1,173 @@
+"""The training loop and the evaluation pass: one ``train``, one ``evaluate``, shared by the CLI, the
+benchmark and any results script.
+
+``train``: AdamW with a learning rate for the encoder and one for the new layers, linear warm-up then
+linear decay, gradient clipping, bf16 autocast on CUDA, a seeded DataLoader generator, evaluation
+on the validation split after every epoch, early stopping and model selection on that split only.
+Nothing here touches images or a search index: node features arrive as one device tensor.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline.labels import TypeNames
+from pipeline.progress import no_progress
+
+from .batches import Collator, Encoded
+from .config import OptimConfig
+from .metrics import score
+
+
+@dataclass
+class Split:
+    """One split ready for the loop: its encoded examples, their collator and the gold tags."""
+
+    name: str
+    encoded: Encoded
+    collator: Collator
+    gold: list[list[str]]
+
+
+@dataclass
+class Evaluation:
+    tags: list[list[str]]        # predicted tags per example (internal names), full length
+    scores: dict                 # metrics.score output
+    seconds: float
+
+
+@dataclass
+class Outcome:
+    best_epoch: int
+    best_state: dict
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CUDA (``auto`` or ``bf16``); plain fp32 otherwise."""
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_loader(split: Split, batch_size: int, generator: torch.Generator, pin: bool):
+    return DataLoader(range(len(split.encoded)), batch_size=batch_size, shuffle=True,
+                      generator=generator, collate_fn=split.collator, pin_memory=pin)
+
+
+def eval_loader(split: Split, batch_size: int, pin: bool):
+    """Batches of similar length (less padding); ``Batch.positions`` maps results back."""
+    order = np.argsort([len(ids) for ids in split.encoded.input_ids], kind="stable")
+    batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    return DataLoader(range(len(split.encoded)), batch_sampler=batches,
+                      collate_fn=split.collator, pin_memory=pin)
+
+
+def _param_groups(model, optim: OptimConfig) -> list[dict]:
+    groups = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        encoder = name.startswith("encoder.")
+        decay = param.ndim >= 2 and not name.startswith("crf.")
+        key = (encoder, decay)
+        groups.setdefault(key, {"params": [], "lr": optim.lr_encoder if encoder else optim.lr_head,
+                                "weight_decay": optim.weight_decay if decay else 0.0,
+                                "name": "encoder" if encoder else "new"})
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
+
+def _schedule(total: int, warmup: float):
+    warm = int(total * warmup)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+    return factor
+
+
+@torch.no_grad()
+def evaluate(model, split: Split, device: torch.device, table: torch.Tensor | None = None,
+             batch_size: int = 64, precision: str = "auto",
+             type_names: TypeNames = TypeNames()) -> Evaluation:
+    """Decode every example of ``split`` and score it against the gold tags. Words cut off by
+    ``max_subwords`` are tagged ``O`` (``Encoded.truncated_words`` counts them)."""
+    start = time.perf_counter()
+    model.eval()
+    labels = model.labels
+    tags: list[list[str] | None] = [None] * len(split.encoded)
+    for batch in eval_loader(split, batch_size, device.type == "cuda"):
+        with autocast(device, precision):
+            ids = model.decode(batch.to(device, table)).cpu().tolist()
+        for row, position in enumerate(batch.positions.tolist()):
+            kept = len(split.encoded.first[position])
+            total = int(split.encoded.n_words[position])
+            tags[position] = [labels[i] for i in ids[row][:kept]] + ["O"] * (total - kept)
+    return Evaluation(tags, score(split.gold, tags, type_names), time.perf_counter() - start)
+
+
+def train(model, train_split: Split, valid_split: Split, optim: OptimConfig, device: torch.device,
+          generator: torch.Generator, table: torch.Tensor | None = None, precision: str = "auto",
+          type_names: TypeNames = TypeNames(), progress=no_progress, on_epoch=None) -> Outcome:
+    """Train ``model`` in place; return the best epoch's weights (by valid F1, conlleval mode).
+
+    ``on_epoch(record)`` is called after each epoch with a dict: epoch, train_loss, train_seconds,
+    valid_seconds, the learning rates at the epoch's end (lr_encoder, lr_new), valid scores, and
+    best (whether this epoch is the best so far).
+    """
+    pin = device.type == "cuda"
+    loader = train_loader(train_split, optim.batch_size, generator, pin)
+    optimizer = torch.optim.AdamW(_param_groups(model, optim), fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(optim.epochs * len(loader), optim.warmup))
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    outcome = Outcome(best_epoch=0, best_state={})
+    best_f1, stale = -1.0, 0
+    for epoch in range(1, optim.epochs + 1):
+        model.train()
+        start = time.perf_counter()
+        total = torch.zeros((), device=device)
+        with progress(total=len(loader), desc=f"epoch {epoch}/{optim.epochs}") as bar:
+            for batch in loader:
+                with autocast(device, precision):
+                    loss = model.loss(batch.to(device, table))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(parameters, optim.clip)
+                optimizer.step()
+                scheduler.step()
+                total += loss.detach()
+                bar.update(1)
+        train_loss = total.item() / len(loader)  # the one host sync of the epoch
+        seconds = time.perf_counter() - start
+        valid = evaluate(model, valid_split, device, table, optim.eval_batch_size, precision,
+                         type_names)
+        f1 = valid.scores["conlleval"]["overall"]["f1"]
+        improved = f1 > best_f1
+        if improved:
+            best_f1, stale, outcome.best_epoch = f1, 0, epoch
+            outcome.best_state = {k: v.detach().to("cpu", copy=True)
+                                  for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        record = {"epoch": epoch, "train_loss": train_loss, "train_seconds": seconds,
+                  "valid_seconds": valid.seconds,
+                  **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
+                  "valid": valid.scores, "best": improved}
+        outcome.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if stale >= optim.patience:
+            outcome.stopped_early = epoch < optim.epochs
+            break
+    return outcome

@@ -1,0 +1,278 @@
+"""Tag new tweets with a saved run: a UMT file, or one text with an optional image or caption.
+
+The run folder is all it takes: the tagger loads from safetensors + JSON, and for an image model
+the run's node features and graphs are re-read from its ``inputs.json`` (refused if they changed).
+An example whose IMGID is an item of the run's dataset keeps its recorded neighbours. A new
+example gets its own image node and its neighbours the way ``extract`` and ``build-graphs`` made
+them: each feature file says which encoder and which source (tweet text, caption, image) produced
+its view, the same encoder embeds the new text / caption / image, and the same exact cosine search
+ranks the run's pool. A new example without a usable vector (no caption or image given) gets no
+image node and no neighbours in that relation: masked, as in training.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import InvalidConfig, MissingInput
+
+from .batches import Collator, ImageInputs, encode
+from .config import TrainConfig
+from .inputs import TrainInputs, inputs_from_record
+from .loop import Split, evaluate
+
+RELATION_VIEWS = {"inter": ("text", "image_global"), "intra": ("object_types", "object_types")}
+
+
+@dataclass
+class Example:
+    """A tweet to tag; ``tags`` only when gold tags are known (then predict also scores)."""
+
+    item_id: str
+    tokens: tuple[str, ...]
+    tags: tuple[str, ...] = ()
+    caption: str | None = None
+    image: Path | None = None
+
+
+@dataclass
+class Prediction:
+    examples: list[Example]
+    tags: list[list[str]]                      # internal type names (MISC)
+    scores: dict | None                        # when every example has gold tags
+    type_names: object
+    neighbours: list[dict] = field(default_factory=list)   # per example: {"inter": [ids], ...}
+    known: int = 0                             # examples that are items of the run's dataset
+
+
+def text_example(text: str, caption: str | None = None, image=None) -> Example:
+    tokens = tuple(text.split())
+    if not tokens:
+        raise InvalidConfig("--text is empty; give the tweet's words separated by spaces")
+    return Example("text-1", tokens, (), caption, Path(image) if image else None)
+
+
+def file_examples(path, captions=None, image_dir=None) -> list[Example]:
+    """The tweets of a UMT file (gold tags kept), with captions / images looked up by IMGID."""
+    from pipeline.data import image_path, read_captions, read_umt
+
+    caps = read_captions(captions) if captions else {}
+    return [Example(t.item_id, t.tokens, t.tags, caps.get(t.item_id),
+                    image_path(image_dir, t.item_id) if image_dir else None)
+            for t in read_umt(path)]
+
+
+def _sentence(name: str, config: dict, device: str):
+    from pipeline.encoders import load_encoder
+
+    encoder = load_encoder(name, device)
+    if hasattr(encoder, "max_length"):
+        encoder.max_length = config.get("text", {}).get("max_length", encoder.max_length)
+    return encoder
+
+
+def _pixels(examples: list[Example], spec: dict):
+    """uint8 (n_ok, 3, S, S) images of the examples that have a decodable one, and which."""
+    import torch
+
+    from pipeline.images import DecodeSpec, decode_file
+
+    decode = DecodeSpec.from_preprocess(spec["preprocess"])
+    images, ok = [], []
+    for example in examples:
+        pixels = decode_file(example.image, decode)[0] if example.image else None
+        ok.append(pixels is not None)
+        if pixels is not None:
+            images.append(pixels)
+    return (torch.stack(images) if images else None), np.array(ok, dtype=bool)
+
+
+def view_vectors(attrs: dict, examples: list[Example], device: str = "cpu"):
+    """The vectors the feature file with ``attrs`` would hold for ``examples``, computed by the
+    encoder and from the source it records: ``(X float32 (n, ...), ok bool (n,))``."""
+    from pipeline.encoders import load_encoder
+    from pipeline.extract import tweet_text
+    from pipeline.objects import caption_object_matrix, coco_prompts, imagenet_phrase
+
+    view, source, spec = attrs["view"], attrs["source"], attrs["encoder"]
+    config = attrs.get("config") or {}
+    if source == "tweet_text":
+        texts = [tweet_text(e.tokens, config.get("text", {}).get("drop_urls", True)) for e in examples]
+        ok = np.array([bool(t.strip()) for t in texts])
+        return _sentence(spec["name"], config, device).encode(texts), ok
+    if source == "caption":
+        if any(e.image is not None and e.caption is None for e in examples):
+            raise InvalidConfig(f"this run's {view} features come from captions; give --caption "
+                                "(or --captions for a file), not --image")
+        captions = [e.caption or "" for e in examples]
+        if view == "object_types":
+            X = caption_object_matrix(captions, config.get("counts", False))
+            return X, X.any(axis=1)
+        ok = np.array([bool(c.strip()) for c in captions])
+        return _sentence(spec["name"], config, device).encode(captions), ok
+    if source not in ("image", "imagenet_labels"):
+        raise InvalidConfig(f"features from source {source!r} cannot be computed for new tweets")
+    if any(e.caption is not None and e.image is None for e in examples):
+        raise InvalidConfig(f"this run's {view} features come from image files; give --image "
+                            "(or --image-dir for a file), not --caption")
+    model_spec = config["labeller"]["spec"] if source == "imagenet_labels" else spec
+    model = load_encoder(model_spec["name"], device)
+    images, ok = _pixels(examples, model_spec)
+    if images is None:
+        return np.zeros((len(examples), *attrs["shape"]), np.float32), ok
+    if hasattr(model, "forward_views"):
+        views = model.forward_views(images)
+        outputs = views["grid"] if view == "region_grid" else views["probs"]
+        if source == "imagenet_labels":
+            top = outputs.argsort(dim=-1, descending=True)[:, :config["topk"]].tolist()
+            phrases = [imagenet_phrase([model.classes[c] for c in row]) for row in top]
+            outputs = _sentence(spec["name"], config, device).encode(phrases)
+    elif view == "object_types":
+        outputs = model.zero_shot(model.encode_image(images),
+                                  model.encode_text(coco_prompts(config.get("prompt", "a photo of {}."))))
+    else:
+        outputs = model.encode_image(images)
+    outputs = np.asarray(outputs.cpu() if hasattr(outputs, "cpu") else outputs, dtype=np.float32)
+    X = np.zeros((len(examples), *outputs.shape[1:]), np.float32)
+    X[ok] = outputs
+    return X, ok
+
+
+def feature_attrs(path: Path) -> dict:
+    """A feature file's attributes (JSON ones decoded) and ``shape`` (a row's shape), without
+    reading its arrays."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in h5.attrs.items()}
+        attrs["shape"] = list(h5["features"].shape[1:])
+    for key in ("encoder", "config", "environment"):
+        if isinstance(attrs.get(key), str):
+            attrs[key] = json.loads(attrs[key])
+    return attrs
+
+
+def _normalised(X: np.ndarray, ok: np.ndarray):
+    norms = np.linalg.norm(X, axis=1)
+    ok = ok & (norms > 0) & np.isfinite(norms)
+    return np.where(ok[:, None], X / np.where(ok, norms, 1)[:, None], 0).astype(np.float32), ok
+
+
+def _neighbours(relation: str, entry: dict, new: list[Example], k: int, device: str):
+    """Pool ids (best first, None where missing) and scores of new examples in one relation."""
+    from pipeline.features import read_features
+    from pipeline.graphs import read_graph
+    from pipeline.search import search
+
+    graph = read_graph(entry["path"])
+    if graph.attrs.get("source", "ours") != "ours" or graph.attrs.get("ranking", "cosine") != "cosine":
+        raise InvalidConfig(f"{entry['path']}: neighbours of new tweets can be computed only for "
+                            "cosine-ranked graphs built by build-graphs; tag dataset items instead")
+    folder = Path(entry["path"]).parents[2] / "features" / graph.attrs["dataset"]
+    query_view, pool_view = RELATION_VIEWS[relation]
+    files = {v: folder / graph.attrs["inputs"][v]["file"] for v in (query_view, pool_view)}
+    for view, path in files.items():
+        if not path.is_file():
+            raise MissingInput(f"{path}: the {view} features the {relation} graph was built from "
+                               "are gone; restore them to tag new tweets")
+    pool = read_features(files[pool_view])
+    xb, pool_ok = _normalised(*pool.rows(graph.pool_ids))
+    xq, ok = _normalised(*view_vectors(feature_attrs(files[query_view]), new, device))
+    ids = [[None] * k for _ in new]
+    scores = np.zeros((len(new), k), np.float32)
+    live = np.flatnonzero(ok)
+    if len(live):
+        D, I = search(xq[live], xb[pool_ok], k)
+        pool_ids = [p for p, good in zip(graph.pool_ids, pool_ok) if good]
+        for row, q in enumerate(live):
+            ids[q] = [pool_ids[j] if j >= 0 else None for j in I[row]]
+            scores[q] = np.nan_to_num(D[row])
+    return ids, scores
+
+
+def image_inputs_for(examples: list[Example], inputs: TrainInputs, config: TrainConfig,
+                     device: str = "cpu") -> tuple[ImageInputs, list[dict], int]:
+    """Own-image rows and neighbours of ``examples`` over the run's node table (extended by the
+    new examples' own image vectors); also the neighbour ids per example and how many were known."""
+    image, k, model = inputs.image, config.model.k, config.model
+    n = len(examples)
+    own, inter, intra = np.full(n, -1), np.full((n, k), -1), np.full((n, k), -1)
+    inter_s, intra_s = np.zeros((n, k), np.float32), np.zeros((n, k), np.float32)
+    known = [i for i, e in enumerate(examples) if e.item_id in image.row_of]
+    for i in known:
+        r = image.row_of[examples[i].item_id]
+        own[i], inter[i], inter_s[i] = image.own[r], image.inter[r, :k], image.inter_score[r, :k]
+        intra[i], intra_s[i] = image.intra[r, :k], image.intra_score[r, :k]
+    new = [i for i in range(n) if i not in set(known)]
+    table = image.table
+    if new:
+        node_attrs = feature_attrs(Path(inputs.files["features"]["path"]))
+        X, ok = view_vectors(node_attrs, [examples[i] for i in new], device)
+        fresh = [i for i, good in zip(new, ok) if good]
+        own[fresh] = len(table) + np.arange(len(fresh))
+        table = np.concatenate([table, X[ok].astype(table.dtype)]) if fresh else table
+        row_of = {item: r for r, item in enumerate(image.table_ids)}
+        for relation, rows, scores in (("inter", inter, inter_s), ("intra", intra, intra_s)):
+            if not getattr(model, relation):
+                continue
+            ids, got = _neighbours(relation, inputs.files[relation], [examples[i] for i in new], k,
+                                   device)
+            for j, i in enumerate(new):
+                rows[i] = [row_of[p] if p is not None else -1 for p in ids[j]]
+                scores[i] = got[j]
+    named = lambda rows: [image.table_ids[r] for r in rows if 0 <= r < len(image.table_ids)]  # noqa: E731
+    neighbours = [{"inter": named(inter[i]) if model.inter else [],
+                   "intra": named(intra[i]) if model.intra else []} for i in range(n)]
+    return (ImageInputs([e.item_id for e in examples], table, own, inter, inter_s, intra, intra_s,
+                        image.view, image.table_ids), neighbours, len(known))
+
+
+def predict(run_dir, examples: list[Example], device: str = "auto") -> Prediction:
+    """Tag ``examples`` with the run in ``run_dir`` (see the module docstring)."""
+    import torch
+
+    from .model import load_tagger
+    from .run import resolve_device
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise MissingInput(f"{run_dir}: not a run folder (no config.json); pass a folder under "
+                           "<artifacts>/runs/")
+    if not examples:
+        raise InvalidConfig("nothing to tag: the input has no tweets")
+    config = TrainConfig.from_json(run_dir / "config.json")
+    torch_device = resolve_device(device)
+    model, tokenizer, meta = load_tagger(run_dir, torch_device)
+    inputs = inputs_from_record(run_dir, config)
+    image, neighbours, known = None, [{} for _ in examples], 0
+    if config.model.uses_image:
+        image, neighbours, known = image_inputs_for(examples, inputs, config, str(torch_device))
+    encoded = encode(examples, tokenizer, meta["label2id"], config.model.max_subwords)
+    collator = Collator(encoded, tokenizer.pad_token_id, image, np.arange(len(examples)),
+                        config.model.inter, config.model.intra, config.model.k)
+    labelled = all(e.tags for e in examples)
+    gold = [list(e.tags) if labelled else ["O"] * len(e.tokens) for e in examples]
+    table = None
+    if image is not None:
+        dtype = (torch.bfloat16 if torch_device.type == "cuda" and config.precision != "fp32"
+                 else torch.float32)
+        table = torch.from_numpy(np.ascontiguousarray(image.table)).to(torch_device, dtype)
+    result = evaluate(model, Split("predict", encoded, collator, gold), torch_device, table,
+                      config.optim.eval_batch_size, config.precision, inputs.dataset.type_names)
+    return Prediction(examples, result.tags, result.scores if labelled else None,
+                      inputs.dataset.type_names, neighbours, known)
+
+
+def write_predictions(prediction: Prediction, handle) -> None:
+    """CoNLL: ``IMGID:<id>``, then ``token<TAB>[gold<TAB>]predicted`` (dataset tag names)."""
+    names = prediction.type_names
+    for example, tags in zip(prediction.examples, prediction.tags):
+        handle.write(f"IMGID:{example.item_id}\n")
+        gold = example.tags or [None] * len(tags)
+        for token, g, p in zip(example.tokens, gold, tags):
+            middle = f"{names.to_dataset(g)}\t" if g else ""
+            handle.write(f"{token}\t{middle}{names.to_dataset(p)}\n")
+        handle.write("\n")

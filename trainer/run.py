@@ -1,0 +1,279 @@
+"""One training run from its config to its folder, and several seeds of it.
+
+``<artifacts>/runs/<YYYYmmdd-HHMMSS>-<slug>/`` holds: ``config.json`` (loads back with
+``TrainConfig.from_json``), ``env.json`` (code version, packages, device), ``inputs.json`` (the
+dataset splits' and the feature/graph files' fingerprints), ``metrics.jsonl`` (one line per epoch),
+``results.json`` (best epoch, valid and test scores, wall time), ``predictions_<split>.conll``
+(``IMGID:<id>`` lines then ``token<TAB>gold<TAB>predicted`` in the dataset's tag names),
+``model.safetensors`` + ``model.json`` + ``encoder/`` (see ``model.load_tagger``) and
+``curve.png``. The folder is written as ``<id>.tmp`` and renamed when complete; an existing
+folder is never reused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.artifacts import environment, write_json
+from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput
+from pipeline.labels import label_list
+from pipeline.progress import no_progress
+
+from .batches import Collator, encode
+from .config import TrainConfig
+from .inputs import TrainInputs, load_inputs
+from .loop import Split, evaluate, train
+from .metrics import format_table, mean_std
+from .model import Tagger, save_tagger
+
+
+@dataclass
+class RunResult:
+    path: Path
+    best_epoch: int
+    valid: dict
+    test: dict
+    seconds: float
+    epochs_run: int
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, numpy and torch (all devices); optionally torch's deterministic algorithms."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_slug(config: TrainConfig, dataset_name: str) -> str:
+    return config.slug or f"{dataset_name}-{config.model.variant()}-s{config.seed}"
+
+
+def new_run_dir(artifacts, slug: str) -> tuple[Path, Path]:
+    """``(temporary, final)`` folders of a new run; the temporary one is created. Refuses reuse."""
+    final = Path(artifacts) / "runs" / f"{datetime.now():%Y%m%d-%H%M%S}-{slug}"
+    tmp = final.with_name(final.name + ".tmp")
+    if final.exists() or tmp.exists():
+        raise CacheMismatch(f"run folder {final} already exists; runs are never overwritten: "
+                            "wait a second or pass another --slug")
+    tmp.mkdir(parents=True)
+    return tmp, final
+
+
+def make_splits(inputs: TrainInputs, tokenizer, config: TrainConfig, label2id,
+                only: str | None = None) -> dict[str, Split]:
+    """Encoded splits (all, or ``only`` one) with collators for ``config.model``."""
+    model = config.model
+    splits = {}
+    for name, tweets in inputs.dataset.splits.items():
+        if only is not None and name != only:
+            continue
+        encoded = encode(tweets, tokenizer, label2id, model.max_subwords)
+        rows = None
+        if model.uses_image:
+            rows = np.array([inputs.image.row_of[t.item_id] for t in tweets], dtype=np.int64)
+        collator = Collator(encoded, tokenizer.pad_token_id, inputs.image if model.uses_image else None,
+                            rows, model.inter, model.intra, model.k)
+        splits[name] = Split(name, encoded, collator, [list(t.tags) for t in tweets])
+    return splits
+
+
+def node_table(inputs: TrainInputs, config: TrainConfig, device: torch.device):
+    """The node features as one device tensor (bf16 when training in bf16 on CUDA), or None."""
+    if not config.model.uses_image:
+        return None
+    dtype = torch.bfloat16 if device.type == "cuda" and config.precision != "fp32" else torch.float32
+    return torch.from_numpy(np.ascontiguousarray(inputs.image.table)).to(device, dtype)
+
+
+def write_conll(path, splits_tweets, predicted, type_names) -> None:
+    """``IMGID:<id>`` then ``token<TAB>gold<TAB>predicted`` (dataset tag names), blank between."""
+    lines = []
+    for tweet, tags in zip(splits_tweets, predicted):
+        lines.append(f"IMGID:{tweet.item_id}")
+        gold = tweet.tags or ("",) * len(tweet.tokens)
+        for token, g, p in zip(tweet.tokens, gold, tags):
+            g = type_names.to_dataset(g) + "\t" if g else ""
+            lines.append(f"{token}\t{g}{type_names.to_dataset(p)}")
+        lines.append("")
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def plot_curve(path, history: list[dict]) -> None:
+    """Train loss and valid F1 (both modes) per epoch, with matplotlib's Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [r["epoch"] for r in history]
+    figure = Figure(figsize=(8, 3.2))
+    FigureCanvasAgg(figure)
+    loss_ax, f1_ax = figure.subplots(1, 2)
+    loss_ax.plot(epochs, [r["train_loss"] for r in history], marker="o")
+    loss_ax.set(xlabel="epoch", ylabel="train loss (CRF NLL)")
+    for mode in ("conlleval", "strict"):
+        f1_ax.plot(epochs, [100 * r["valid"][mode]["overall"]["f1"] for r in history], marker="o",
+                   label=mode)
+    f1_ax.set(xlabel="epoch", ylabel="valid F1 (%)")
+    f1_ax.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+@dataclass
+class Prepared:
+    """Everything a training pass needs, built from a config and its inputs."""
+
+    config: TrainConfig          # with node_view resolved to the view actually used
+    device: torch.device
+    tokenizer: object
+    encoder_record: dict
+    model: Tagger
+    splits: dict[str, Split]
+    table: torch.Tensor | None   # node features on the device (None for text-only)
+
+
+def resolved(config: TrainConfig, inputs: TrainInputs) -> TrainConfig:
+    """``config`` with the node view and the feature / graph files actually used written in, so
+    that its ``config.json`` retrains on the same inputs even after the manifests move on."""
+    files = inputs.files or {}
+    paths = {name: files[key]["path"] for name, key in (
+        ("features", "features"), ("inter_graph", "inter"), ("intra_graph", "intra")) if key in files}
+    return dataclasses.replace(config, **paths, model=dataclasses.replace(
+        config.model, node_view=inputs.image.view))
+
+
+def prepare(config: TrainConfig, inputs: TrainInputs) -> Prepared:
+    """Seed, load the encoder, build the tagger and encode the splits (no files written)."""
+    from pipeline.encoders import load_text_backbone
+
+    seed_everything(config.seed, config.deterministic)
+    device = resolve_device(config.device)
+    if inputs.image is not None and config.model.uses_image:
+        config = resolved(config, inputs)
+    elif config.model.uses_image:
+        raise InvalidConfig("an image model needs image inputs; load them with load_inputs")
+    tokenizer, backbone, encoder_record = load_text_backbone(config.model.encoder)
+    labels = label_list()
+    splits = make_splits(inputs, tokenizer, config, {t: i for i, t in enumerate(labels)})
+    node_shape = inputs.image.node_shape if config.model.uses_image else None
+    model = Tagger(config.model, backbone, labels, node_shape).to(device)
+    return Prepared(config, device, tokenizer, encoder_record, model, splits,
+                    node_table(inputs, config, device))
+
+
+def train_run(config: TrainConfig, inputs: TrainInputs, progress=no_progress, log=None) -> RunResult:
+    """Train one seed of ``config`` on ``inputs`` and write its run folder."""
+    log = log or (lambda message: None)
+    started = time.perf_counter()
+    prep = prepare(config, inputs)
+    config, device, model, splits, table = (prep.config, prep.device, prep.model, prep.splits,
+                                            prep.table)
+    tmp, final = new_run_dir(config.artifacts, run_slug(config, inputs.dataset.name))
+    log(f"run {final.name}: {config.model.variant()} with encoder {config.model.encoder} on "
+        f"{device}, {sum(p.numel() for p in model.parameters()):,} parameters")
+    config.to_json(tmp / "config.json")
+    env = environment()
+    env["device"] = {"name": str(device), "threads": torch.get_num_threads(),
+                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    write_json(tmp / "env.json", env)
+    write_json(tmp / "inputs.json", inputs.record(
+        truncated_words={n: s.encoded.truncated_words for n, s in splits.items()}))
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def on_epoch(record):
+        with open(tmp / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        valid = record["valid"]
+        log(f"epoch {record['epoch']}: loss {record['train_loss']:.3f}, valid F1 "
+            f"{100 * valid['conlleval']['overall']['f1']:.2f} (strict "
+            f"{100 * valid['strict']['overall']['f1']:.2f}), {record['train_seconds']:.1f}s"
+            + (" *" if record["best"] else ""))
+
+    outcome = train(model, splits["train"], splits["valid"], config.optim, device, generator, table,
+                    config.precision, inputs.dataset.type_names, progress, on_epoch)
+    model.load_state_dict(outcome.best_state)
+    scores = {}
+    for name in ("valid", "test"):
+        result = evaluate(model, splits[name], device, table, config.optim.eval_batch_size,
+                          config.precision, inputs.dataset.type_names)
+        write_conll(tmp / f"predictions_{name}.conll", inputs.dataset.splits[name], result.tags,
+                    inputs.dataset.type_names)
+        scores[name] = result.scores
+    save_tagger(model.cpu(), prep.tokenizer, tmp, prep.encoder_record)
+    plot_curve(tmp / "curve.png", outcome.history)
+    seconds = time.perf_counter() - started
+    write_json(tmp / "results.json", {"best_epoch": outcome.best_epoch, "valid": scores["valid"],
+                                      "test": scores["test"], "seconds": seconds,
+                                      "epochs_run": len(outcome.history),
+                                      "stopped_early": outcome.stopped_early})
+    os.replace(tmp, final)
+    return RunResult(final, outcome.best_epoch, scores["valid"], scores["test"], seconds,
+                     len(outcome.history))
+
+
+def train_seeds(config: TrainConfig, seeds: list[int], progress=no_progress, log=None,
+                inputs: TrainInputs | None = None) -> list[RunResult]:
+    """``train_run`` for each seed (one run folder each); the inputs are read once."""
+    inputs = inputs or load_inputs(config, log=log)
+    return [train_run(dataclasses.replace(config, seed=seed), inputs, progress, log)
+            for seed in seeds]
+
+
+def summary(results: list[RunResult], split: str = "test") -> str:
+    """Mean ± std of overall F1 (both modes) over runs, plus the last run's table when alone."""
+    lines = []
+    if len(results) == 1:
+        lines.append(format_table(getattr(results[0], split), f"{split} ({results[0].path})"))
+    for mode in ("conlleval", "strict"):
+        values = [100 * getattr(r, split)[mode]["overall"]["f1"] for r in results]
+        mean, std = mean_std(values)
+        lines.append(f"{split} F1 {mode}: {mean:.2f} ± {std:.2f} over {len(values)} seed(s) "
+                     f"({', '.join(f'{v:.2f}' for v in values)})")
+    return "\n".join(lines)
+
+
+def evaluate_run(run_dir, split: str = "test", device: str = "auto"):
+    """Re-score a saved run on ``split`` from its folder alone: ``(Evaluation, run config)``.
+
+    The model loads from safetensors + JSON; the inputs are rebuilt from ``inputs.json`` and
+    refused when the data or a feature/graph file changed since training.
+    """
+    from .inputs import inputs_from_record
+    from .model import load_tagger
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise MissingInput(f"{run_dir}: not a run folder (no config.json); pass a folder under "
+                           "<artifacts>/runs/")
+    config = TrainConfig.from_json(run_dir / "config.json")
+    inputs = inputs_from_record(run_dir, config)
+    if split not in inputs.dataset.splits:
+        raise InvalidConfig(f"unknown split {split!r}; use one of "
+                            f"{', '.join(inputs.dataset.splits)}")
+    torch_device = resolve_device(device)
+    model, tokenizer, meta = load_tagger(run_dir, torch_device)
+    if model.node_shape and tuple(inputs.image.node_shape) != model.node_shape:
+        raise CacheMismatch(f"{run_dir}: the model expects node features of shape "
+                            f"{list(model.node_shape)}, the recorded files give "
+                            f"{list(inputs.image.node_shape)}")
+    splits = make_splits(inputs, tokenizer, config, meta["label2id"], only=split)
+    result = evaluate(model, splits[split], torch_device, node_table(inputs, config, torch_device),
+                      config.optim.eval_batch_size, config.precision, inputs.dataset.type_names)
+    return result, config
