@@ -1,0 +1,253 @@
+"""Images/s of the whole ``extract`` (JPEG files on disk -> HDF5) against its two limits, one run.
+
+For each CNN (random weights: the speed does not depend on them) it measures on the same images:
+
+- bare JPEG decoding + resize to 224: PIL in ``--workers`` DataLoader processes (the CPU route),
+  and, on CUDA, batched ``torchvision.io.decode_jpeg(device="cuda")`` + resize on the GPU from
+  bytes already in memory (the GPU route's ceiling);
+- the bare model forward pass on pre-decoded uint8 tensors already on the device (normalise,
+  channels_last, bf16 autocast on CUDA; grid and ImageNet head);
+- the whole ``run_extract`` of the region_grid view: files read by workers, decoded (GPU route on
+  CUDA), forward, copy back, HDF5 write. "steady" counts from the first written batch to the last
+  (start-up excluded); "total" is the wall time of the call (model build, worker start included).
+
+Synthetic JPEGs of tweet-like sizes (600x400 to 1200x900, smooth content, quality 90) are made once
+in ``--dir``. Needs only torch, torchvision, h5py, numpy, PIL and efficientnet_lite_pytorch.
+
+    python bench/bench_extract.py --images 64 --batch-size 16 --out /tmp/bench-extract-cpu.json
+    python bench/bench_extract.py --device cuda --images 4096 --batch-size 256 \\
+        --out bench/extract-h100.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from pipeline.encoders import load_encoder, resolve_encoder  # noqa: E402
+from pipeline.extract import ExtractConfig, run_extract  # noqa: E402
+from pipeline.images import (DecodeSpec, decode_jpegs, image_batches,  # noqa: E402
+                             resize_tensor)
+
+SIZES = ((600, 400), (800, 600), (1024, 768), (1200, 900), (900, 1200), (640, 640))
+
+
+def machine(device: str) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version(), "load_average_1min_at_start":
+            round(os.getloadavg()[0], 2)}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _make_jpeg(args) -> int:
+    from PIL import Image
+
+    path, index = args
+    rng = np.random.default_rng(index)
+    width, height = SIZES[index % len(SIZES)]
+    coarse = rng.integers(0, 256, (height // 40 + 2, width // 40 + 2, 3), dtype=np.uint8)
+    img = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+    noise = rng.normal(0, 6, (height, width, 3))
+    img = Image.fromarray(np.clip(np.asarray(img) + noise, 0, 255).astype(np.uint8))
+    img.save(path, "JPEG", quality=90)
+    return Path(path).stat().st_size
+
+
+def make_dataset(folder: Path, count: int, workers: int) -> tuple[Path, Path, float]:
+    """``count`` JPEGs in folder/images and a UMT dataset of their ids; mean file size in KB."""
+    images, data = folder / "images", folder / "data"
+    images.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)
+    ids = [f"img{i:06d}" for i in range(count)]
+    todo = [(str(images / f"{i}.jpg"), n) for n, i in enumerate(ids)
+            if not (images / f"{i}.jpg").is_file()]
+    with ProcessPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(_make_jpeg, todo, chunksize=16))
+    splits = {"train": ids[:-2], "valid": ids[-2:-1], "test": ids[-1:]}
+    for split, part in splits.items():
+        (data / f"{split}.txt").write_text("".join(f"IMGID:{i}\nword\tO\n\n" for i in part))
+    size = np.mean([(images / f"{i}.jpg").stat().st_size for i in ids]) / 1024
+    return data, images, float(size)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_cpu_decode(paths, spec, batch_size, workers) -> float:
+    start = time.perf_counter()
+    n = 0
+    for batch in image_batches(range(len(paths)), paths, spec, "pil", batch_size, workers):
+        n += len(batch["rows"])
+    return n / (time.perf_counter() - start)
+
+
+def bench_gpu_decode(paths, spec, batch_size, device) -> float:
+    blobs = [torch.frombuffer(bytearray(Path(p).read_bytes()), dtype=torch.uint8) for p in paths]
+    decode_jpegs(blobs[:batch_size], device)          # warm-up (nvJPEG handles)
+    sync(device)
+    start = time.perf_counter()
+    for i in range(0, len(blobs), batch_size):
+        decoded = decode_jpegs(blobs[i:i + batch_size], device)
+        torch.stack([resize_tensor(img, spec) for img in decoded])
+    sync(device)
+    return len(blobs) / (time.perf_counter() - start)
+
+
+def bench_forward(encoder, batch_size, count, device) -> float:
+    size = encoder.spec.preprocess["size"]
+    images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
+    for _ in range(2):
+        encoder.forward_views(images)
+    sync(device)
+    steps = max(3, count // batch_size)
+    start = time.perf_counter()
+    for _ in range(steps):
+        encoder.forward_views(images)
+    sync(device)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+class Clock:
+    """A progress factory that notes when each batch was written."""
+
+    def __init__(self):
+        self.stamps: list[tuple[float, int]] = []
+
+    def __call__(self, total=None, desc=None, **kwargs):
+        return self
+
+    def update(self, n=1):
+        self.stamps.append((time.perf_counter(), n))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def steady(self) -> float | None:
+        if len(self.stamps) < 2:
+            return None
+        rows = sum(n for _, n in self.stamps[1:])
+        return rows / (self.stamps[-1][0] - self.stamps[0][0])
+
+
+def bench_extract(model, data, images, args, artifacts) -> tuple[float, float | None]:
+    config = ExtractConfig(data_dir=data, artifacts=artifacts, image_dir=images, captions=None,
+                           views=("region_grid",), image_encoder=model, float16=args.float16,
+                           device=args.device, batch_size=args.batch_size, workers=args.workers,
+                           overwrite=True)
+    clock = Clock()
+    start = time.perf_counter()
+    summary = run_extract(config, clock)
+    total = time.perf_counter() - start
+    assert summary["views"]["region_grid"]["valid"] == args.images
+    return args.images / total, clock.steady()
+
+
+def run(args) -> dict:
+    folder = Path(args.dir or tempfile.mkdtemp(prefix="bench-extract-"))
+    data, images, kb = make_dataset(folder, args.images, args.workers)
+    paths = sorted(images.glob("*.jpg"))
+    spec = DecodeSpec(224)
+    result = {"machine": machine(args.device), "settings": {
+        "device": args.device, "images": args.images, "batch_size": args.batch_size,
+        "workers": args.workers, "storage": "float16" if args.float16 else "float32",
+        "precision": "bf16 autocast" if args.device.startswith("cuda") else "fp32",
+        "mean_jpeg_kb": round(kb, 1), "sizes": [f"{w}x{h}" for w, h in SIZES]},
+        "decode": {}, "models": {}}
+    result["decode"]["cpu_pil"] = bench_cpu_decode(paths, spec, args.batch_size, args.workers)
+    if args.device.startswith("cuda"):
+        result["decode"]["gpu_nvjpeg"] = bench_gpu_decode(paths, spec, args.batch_size,
+                                                          args.device)
+    decode = result["decode"].get("gpu_nvjpeg", result["decode"]["cpu_pil"])
+    for model in args.models.split(","):
+        name = f"{model}:random"
+        encoder = load_encoder(name, args.device, "bf16" if args.device.startswith("cuda")
+                               else "fp32")
+        forward = bench_forward(encoder, args.batch_size, args.images, args.device)
+        del encoder
+        total, steady = bench_extract(name, data, images, args, folder / "artifacts")
+        limit = min(forward, decode)
+        result["models"][model] = {
+            "grid": f"{resolve_encoder(name).dim} x 49", "forward": forward,
+            "extract_total": total, "extract_steady": steady,
+            "steady_over_forward": steady / forward if steady else None,
+            "steady_over_decode": steady / decode if steady else None,
+            "steady_over_limit": steady / limit if steady else None}
+    return result
+
+
+def table(result: dict) -> str:
+    m, s = result["machine"], result["settings"]
+    gpu = f"; GPU {m['gpu']}" if "gpu" in m else ""
+    lines = [f"machine: CPU {m['cpu']} ({m['cores']} cores){gpu}; torch {m['torch']}",
+             f"{s['images']} JPEGs ({s['mean_jpeg_kb']} KB mean, 600x400..1200x900), batch "
+             f"{s['batch_size']}, {s['workers']} workers, {s['precision']}, {s['storage']} HDF5",
+             f"decode+resize, PIL x{s['workers']} processes: {result['decode']['cpu_pil']:,.0f} img/s"]
+    if "gpu_nvjpeg" in result["decode"]:
+        lines.append(f"decode+resize, nvJPEG batched on GPU:  "
+                     f"{result['decode']['gpu_nvjpeg']:,.0f} img/s")
+    lines.append(f"{'model':<20}{'forward':>10}{'extract':>10}{'(total)':>10}"
+                 f"{'ext/fwd':>9}{'ext/dec':>9}{'ext/min':>9}")
+
+    def num(x, fmt):
+        return format(x, fmt) if x is not None else "-"
+    for model, r in result["models"].items():
+        lines.append(f"{model:<20}{r['forward']:>10,.0f}{num(r['extract_steady'], ',.0f'):>10}"
+                     f"{r['extract_total']:>10,.0f}{num(r['steady_over_forward'], '.2f'):>9}"
+                     f"{num(r['steady_over_decode'], '.2f'):>9}"
+                     f"{num(r['steady_over_limit'], '.2f'):>9}")
+    lines.append("img/s; extract = steady state (first written batch to last), (total) = whole "
+                 "call; ext/min = extract over the slower of forward and decode (target >= 0.8)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
+    parser.add_argument("--models", default="efficientnet-lite0,resnet50")
+    parser.add_argument("--float32", dest="float16", action="store_false",
+                        help="store float32 (default: float16, as --float16 in extract)")
+    parser.add_argument("--dir", default=None, help="where the JPEGs and HDF5 files go "
+                        "[default: a new temporary folder]")
+    parser.add_argument("--out", type=Path, required=True, help="JSON results file")
+    args = parser.parse_args(argv)
+    result = run(args)
+    text = table(result)
+    print(text)
+    result["table"] = text
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
