@@ -15,6 +15,7 @@ configuration is reused without loading any model.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -136,73 +137,109 @@ def _caption_objects_encoder() -> dict:
         [" ".join(k), v] for k, v in LEXICON.items()))}
 
 
+class _Sources:
+    """What the jobs are made from; each encoder is resolved (and its weights hashed) only if used."""
+
+    def __init__(self, config: ExtractConfig, dataset: Dataset):
+        self.config, self.dataset = config, dataset
+        self.images, self.captions = dataset.images is not None, dataset.captions is not None
+
+    @functools.cached_property
+    def sentence(self) -> dict:
+        spec = resolve_encoder(self.config.text_encoder, "text")
+        if spec.library != "transformers":
+            raise InvalidConfig(f"--text-encoder {self.config.text_encoder!r} is not a sentence "
+                                "encoder")
+        return encoder_fingerprint(spec)
+
+    @functools.cached_property
+    def clip(self) -> dict | None:
+        return encoder_fingerprint(resolve_encoder(self.config.clip_name)) if self.config.clip \
+            else None
+
+    @functools.cached_property
+    def cnn(self) -> dict:
+        spec = resolve_encoder(self.config.image_encoder, "image")
+        if spec.library == "open_clip":
+            raise InvalidConfig("--image-encoder must be a CNN (efficientnet-lite0, resnet50, "
+                                "timm:<model>); give CLIP with --clip")
+        return encoder_fingerprint(spec)
+
+    @functools.cached_property
+    def image_sha(self) -> str:
+        return _image_inputs(self.dataset)
+
+    @functools.cached_property
+    def caption_sha(self) -> str:
+        captions = self.dataset.captions or {}
+        return _sha([captions.get(i) for i in self.dataset.item_ids()])
+
+    def pixels(self, encoder: dict, **extra) -> dict:
+        return {"preprocess": encoder["spec"]["preprocess"], "pil_draft": True, **extra}
+
+    def text(self) -> dict:
+        return {"text": _text_config(self.config)}
+
+
+def _object_job(src: _Sources) -> Job:
+    if src.clip is not None:
+        return Job("object_types", "image", "clip_objects", "objects:coco-80-clip", src.clip,
+                   src.pixels(src.clip, classes="coco-80", prompt="a photo of {}.",
+                              output="softmax"), src.image_sha)
+    if src.images:
+        return Job("object_types", "image", "cnn", "objects:imagenet-1k", src.cnn,
+                   src.pixels(src.cnn, classes="imagenet-1k", output="softmax"), src.image_sha)
+    return Job("object_types", "caption", "caption_objects", "objects:coco-80",
+               _caption_objects_encoder(), {"counts": src.config.object_counts}, src.caption_sha)
+
+
+def _global_job(src: _Sources) -> Job:
+    if src.clip is not None:
+        return Job("image_global", "image", "clip_image", src.clip["spec"]["space"], src.clip,
+                   src.pixels(src.clip), src.image_sha)
+    space = src.sentence["spec"]["space"]
+    if src.captions:
+        return Job("image_global", "caption", "sentence", space, src.sentence, src.text(),
+                   src.caption_sha)
+    return Job("image_global", "imagenet_labels", "label_phrase", space, src.sentence,
+               {**src.text(), "labeller": src.cnn, "topk": src.config.label_topk,
+                "template": "a photo of a <label>, ..."}, src.image_sha)
+
+
+def _text_job(src: _Sources) -> Job:
+    tweets = _sha([tweet_text(t.tokens, src.config.drop_urls) for t in src.dataset.tweets()])
+    if src.clip is not None:
+        return Job("text", "tweet_text", "clip_text", src.clip["spec"]["space"], src.clip,
+                   {"text": {"join": "space", "drop_urls": src.config.drop_urls,
+                             "tokenizer": "open_clip"}}, tweets)
+    return Job("text", "tweet_text", "sentence", src.sentence["spec"]["space"], src.sentence,
+               src.text(), tweets)
+
+
 def plan(config: ExtractConfig, dataset: Dataset, precision: str) -> list[Job]:
     """The view files this configuration produces, in the order they must be made."""
-    images, captions = dataset.images is not None, dataset.captions is not None
-    wanted = set(config.views or (VIEWS if images else ("text", "image_global", "object_types")))
-    if not images and not captions:
+    src = _Sources(config, dataset)
+    wanted = set(config.views or (VIEWS if src.images else VIEWS[:3]))
+    if not src.images and not src.captions:
         wanted &= {"text"}
-    text_spec = resolve_encoder(config.text_encoder, "text")
-    sentence = encoder_fingerprint(text_spec) if text_spec.library == "transformers" else None
-    if sentence is None:
-        raise InvalidConfig(f"--text-encoder {config.text_encoder!r} is not a sentence encoder")
-    clip = encoder_fingerprint(resolve_encoder(config.clip_name)) if config.clip else None
-    cnn = encoder_fingerprint(resolve_encoder(config.image_encoder, "image")) if images else None
-    if cnn is not None and cnn["spec"]["library"] == "open_clip":
-        raise InvalidConfig("--image-encoder must be a CNN (efficientnet-lite0, resnet50, "
-                            "timm:<model>); give CLIP with --clip")
-    pixels = {"preprocess": None, "pil_draft": True}
-    tweets = [tweet_text(t.tokens, config.drop_urls) for t in dataset.tweets()]
-    caps = dataset.captions or {}
-    cap_sha = _sha([caps.get(i) for i in dataset.item_ids()])
-    img_sha = _image_inputs(dataset) if images else ""
     jobs: list[Job] = []
     if "region_grid" in wanted:
-        jobs.append(Job("region_grid", "image", "cnn", cnn["spec"]["space"], cnn,
-                        {**pixels, "preprocess": cnn["spec"]["preprocess"]}, img_sha))
-    labels_bridge = "image_global" in wanted and images and not captions and clip is None
-    if "object_types" in wanted or labels_bridge:
-        if clip is not None:
-            jobs.append(Job("object_types", "image", "clip_objects", "objects:coco-80-clip", clip,
-                            {**pixels, "preprocess": clip["spec"]["preprocess"],
-                             "classes": "coco-80", "prompt": "a photo of {}.",
-                             "output": "softmax"}, img_sha))
-        elif images:
-            jobs.append(Job("object_types", "image", "cnn", "objects:imagenet-1k", cnn,
-                            {**pixels, "preprocess": cnn["spec"]["preprocess"],
-                             "classes": "imagenet-1k", "output": "softmax"}, img_sha))
-        else:
-            jobs.append(Job("object_types", "caption", "caption_objects", "objects:coco-80",
-                            _caption_objects_encoder(), {"counts": config.object_counts},
-                            cap_sha))
+        jobs.append(Job("region_grid", "image", "cnn", src.cnn["spec"]["space"], src.cnn,
+                        src.pixels(src.cnn), src.image_sha))
+    labels_bridge = src.images and not src.captions and src.clip is None
+    if "object_types" in wanted or ("image_global" in wanted and labels_bridge):
+        jobs.append(_object_job(src))
     if "image_global" in wanted:
-        if clip is not None:
-            jobs.append(Job("image_global", "image", "clip_image", clip["spec"]["space"], clip,
-                            {**pixels, "preprocess": clip["spec"]["preprocess"]}, img_sha))
-        elif captions:
-            jobs.append(Job("image_global", "caption", "sentence", sentence["spec"]["space"],
-                            sentence, {"text": _text_config(config)}, cap_sha))
-        else:
-            jobs.append(Job("image_global", "imagenet_labels", "label_phrase",
-                            sentence["spec"]["space"], sentence,
-                            {"text": _text_config(config), "labeller": cnn,
-                             "topk": config.label_topk, "template": "a photo of a <label>, ..."},
-                            img_sha))
+        jobs.append(_global_job(src))
     if "text" in wanted:
-        if clip is not None:
-            jobs.append(Job("text", "tweet_text", "clip_text", clip["spec"]["space"], clip,
-                            {"text": {"join": "space", "drop_urls": config.drop_urls,
-                                      "tokenizer": "open_clip"}}, _sha(tweets)))
-        else:
-            jobs.append(Job("text", "tweet_text", "sentence", sentence["spec"]["space"], sentence,
-                            {"text": _text_config(config)}, _sha(tweets)))
-    ids = dataset.item_ids()
+        jobs.append(_text_job(src))
+    ids_sha = ids_fingerprint(dataset.item_ids())
     for job in jobs:
         job.config["precision"] = precision if job.producer != "caption_objects" else "n/a"
         job.fingerprint = fingerprint({
             "format": FORMAT_VERSION, "dataset": dataset.name, "view": job.view,
             "source": job.source, "space": job.space, "encoder": job.encoder, "config": job.config,
-            "inputs_sha256": job.inputs_sha256, "ids_sha256": ids_fingerprint(ids),
+            "inputs_sha256": job.inputs_sha256, "ids_sha256": ids_sha,
             "dtype": "float16" if config.float16 else "float32"})
         job.path = fs.file_path(config.artifacts, dataset.name, job.view, job.fingerprint)
         if job.producer == "label_phrase":    # after its object_types job (planned before it)

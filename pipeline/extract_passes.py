@@ -8,6 +8,9 @@ batches of a resumed run are the same as a fresh run's (same rows, same results)
 """
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -95,10 +98,13 @@ class _Done:
         reason = ["" if row in position else self.failed.get(row, "not decoded") for row in rows]
         for view in views:
             host = self.host.get(view)
-            tail = tuple(host.shape[1:]) if host is not None else _tail(writers[view])
-            full = np.zeros((len(rows), *tail), dtype=writers[view].dtype)
-            if host is not None:
-                full[take] = host.numpy()
+            if host is not None and len(take) == len(rows):
+                full = host.numpy()
+            else:
+                tail = tuple(host.shape[1:]) if host is not None else _tail(writers[view])
+                full = np.zeros((len(rows), *tail), dtype=writers[view].dtype)
+                if host is not None:
+                    full[take] = host.numpy()
             writers[view].write(rows, full, valid, reason, sha=self.batch["sha"])
         bar.update(len(rows))
 
@@ -121,16 +127,46 @@ def _image_pass(jobs, writers, encoder, dataset, config, run, progress) -> None:
                            config.batch_size, run["workers"], pin_memory=on_cuda)
     forward = _outputs(encoder, set(views))
     dtype = writers[views[0]].dtype
-    previous = None
-    with progress(total=len(pending), desc=f"images: {', '.join(views)}") as bar:
+    with progress(total=len(pending), desc=f"images: {', '.join(views)}") as bar, \
+            _InOrder() as background:
         for batch in loader:
             images, rows_ok, failed = materialize(batch, spec, run["device"])
-            current = _Done(batch, rows_ok, failed, forward(images) if rows_ok else {}, dtype)
-            if previous is not None:
-                previous.write(views, writers, bar)
-            previous = current
-        if previous is not None:
-            previous.write(views, writers, bar)
+            done = _Done(batch, rows_ok, failed, forward(images) if rows_ok else {}, dtype)
+            background.submit(done.write, views, writers, bar)
+
+
+class _InOrder:
+    """Runs writes on one background thread, in order, at most ``depth`` waiting (h5py releases
+    the GIL while writing, so the GPU keeps being fed); nothing runs after the first failure,
+    and leaving the block waits for what was started."""
+
+    def __init__(self, depth: int = 2):
+        self.depth, self.error, self.futures = depth, None, deque()
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="hdf5-writer")
+
+    def _run(self, fn, *args):
+        if self.error is None:
+            try:
+                fn(*args)
+            except BaseException as err:
+                self.error = err
+                raise
+
+    def submit(self, fn, *args) -> None:
+        self.futures.append(self.pool.submit(self._run, fn, *args))
+        while len(self.futures) > self.depth:
+            self.futures.popleft().result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        try:
+            while self.futures and kind is None:
+                self.futures.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True)
+        return False
 
 
 # ---- texts ------------------------------------------------------------------------------------

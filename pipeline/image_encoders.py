@@ -146,7 +146,7 @@ class CnnEncoder:
         with autocast(self.device, self.precision):
             fmap = self.trunk(self.normalize(images))
             logits = self.head(fmap)
-        grid = fmap.float().flatten(2).transpose(1, 2)
+        grid = fmap.float().flatten(2).transpose(1, 2).contiguous()
         return {"grid": grid, "probs": logits.float().softmax(-1)}
 
     def encode(self, images: torch.Tensor) -> np.ndarray:

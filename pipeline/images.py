@@ -200,7 +200,8 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 def collate(records: list[dict]) -> dict:
-    """A batch that carries its failures: pixels stacked, JPEG bytes listed, failures by row."""
+    """A batch that carries its failures: pixels stacked, JPEG files concatenated (one tensor to
+    pin and move, ``jpeg_sizes`` to split it), failures by row."""
     pixels = [r for r in records if r["kind"] == "pixels"]
     jpegs = [r for r in records if r["kind"] == "jpeg"]
     return {
@@ -209,7 +210,8 @@ def collate(records: list[dict]) -> dict:
         "pixel_rows": [r["row"] for r in pixels],
         "pixels": torch.stack([r["data"] for r in pixels]) if pixels else None,
         "jpeg_rows": [r["row"] for r in jpegs],
-        "jpeg": [r["data"] for r in jpegs],
+        "jpeg": torch.cat([r["data"] for r in jpegs]) if jpegs else None,
+        "jpeg_sizes": [len(r["data"]) for r in jpegs],
         "failed": [(r["row"], r["reason"]) for r in records if r["kind"] == "failed"],
     }
 
@@ -230,8 +232,9 @@ def materialize(batch: dict, spec: DecodeSpec, device: str):
     if batch["pixel_rows"]:
         moved = batch["pixels"].to(device, non_blocking=True)
         images.update(zip(batch["pixel_rows"], moved))
-    decoded = decode_jpegs(batch["jpeg"], device)
-    for row, blob, img in zip(batch["jpeg_rows"], batch["jpeg"], decoded):
+    blobs = list(torch.split(batch["jpeg"], batch["jpeg_sizes"])) if batch["jpeg_rows"] else []
+    decoded = decode_jpegs(blobs, device)
+    for row, blob, img in zip(batch["jpeg_rows"], blobs, decoded):
         if img is None:
             pixels, reason = decode_bytes(blob.numpy().tobytes(), spec)
             if pixels is None:
