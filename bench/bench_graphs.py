@@ -49,7 +49,8 @@ def machine(device: str) -> dict:
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "numpy": np.__version__,
             "faiss": getattr(faiss, "__version__", None) if faiss else None,
-            "faiss_gpus": faiss_gpus(), "python": platform.python_version()}
+            "faiss_gpus": faiss_gpus(), "python": platform.python_version(),
+            "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
@@ -58,7 +59,8 @@ def machine(device: str) -> dict:
 def describe(info: dict) -> str:
     gpu = f", {info['gpu']}" if "gpu" in info else ""
     return (f"{info['cpu']} ({info['cores']} cores){gpu}; torch {info['torch']}, "
-            f"faiss {info['faiss'] or 'not installed'}")
+            f"faiss {info['faiss'] or 'not installed'}; load average at start "
+            f"{info['load_average_1min_at_start']}")
 
 
 def vectors(n: int, d: int, seed: int) -> np.ndarray:
@@ -219,6 +221,7 @@ def main(argv=None) -> int:
         print(f"not run: {line}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        info["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
         args.out.write_text(json.dumps({"machine": info, "k": args.k, "dim": args.dim,
                                         "rows": rows, "not_run": skipped}, indent=2) + "\n")
         print(f"wrote {args.out}")

@@ -146,6 +146,8 @@ def _drop_excluded(D, I, k, q_rows, b_rows, m):
     if len(q_rows):
         codes = np.arange(len(I), dtype=np.int64)[:, None] * m + np.where(bad, 0, I)
         bad |= np.isin(codes, q_rows * m + b_rows)
+    if I.shape[1] == k and not bad.any():
+        return D.astype(np.float32), I.astype(np.int64)
     order = np.argsort(bad, axis=1, kind="stable")[:, :k]
     I = np.take_along_axis(I, order, axis=1)
     D = np.take_along_axis(D.astype(np.float32), order, axis=1)

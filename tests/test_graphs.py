@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 
 import h5py
 import numpy as np
@@ -15,6 +14,7 @@ from conftest import SHARED_DATA, needs_shared_data
 from pipeline.data import load_dataset
 from pipeline.diagnostics import diagnose, overlap_at_k
 from pipeline.errors import CacheMismatch
+from pipeline.features import FeatureWriter
 from pipeline.graph_store import Graph
 from pipeline.graphs import GraphConfig, build_graphs, load_graph_manifest, read_graph
 
@@ -28,22 +28,16 @@ def invoke(*args):
 
 def write_features(path, view, X, *, ids=IDS, valid=None, reason=None, space="sentence:test",
                    sha=None, dataset="tiny"):
-    """A feature file in the layout of the feature cache (issue 3's contract)."""
-    n = len(ids)
-    valid = np.ones(n, bool) if valid is None else np.asarray(valid)
+    """A feature file written by the feature cache's own writer."""
+    X = np.asarray(X, np.float32)
+    valid = np.ones(len(ids), bool) if valid is None else np.asarray(valid)
     reason = reason or ["" if v else "missing image" for v in valid]
-    strings = h5py.string_dtype()
-    with h5py.File(path, "w") as h5:
-        h5.create_dataset("item_id", data=np.array(ids, dtype=strings))
-        h5.create_dataset("features", data=np.asarray(X, np.float32), chunks=True)
-        h5.create_dataset("valid", data=valid)
-        h5.create_dataset("reason", data=np.array(reason, dtype=strings))
-        if sha is not None:
-            h5.create_dataset("content_sha256", data=np.array(sha, dtype=strings))
-        digest = hashlib.sha256(np.asarray(X, np.float32).tobytes() + space.encode()).hexdigest()
-        h5.attrs.update(view=view, space=space, source="test", fingerprint=digest,
-                        dataset=dataset, complete=True)
-    return path
+    digest = hashlib.sha256(X.tobytes() + space.encode()).hexdigest()
+    attrs = {"view": view, "space": space, "source": "test", "fingerprint": digest,
+             "dataset": dataset}
+    writer = FeatureWriter(path, ids, attrs, with_sha=sha is not None)
+    writer.write(np.arange(len(ids)), X, valid, reason, sha)
+    return writer.finish()
 
 
 def unit(rows, dims, seed):
@@ -61,8 +55,11 @@ def features(tmp_path):
     sha = [f"h{i}" for i in range(12)]
     sha[3] = sha[0]
     objects = np.abs(unit(12, 10, 2))
+    objects[3] = objects[0]
     objects[5] = 0                                   # 106: no object detected
-    files = {"text": write_features(folder / "text.h5", "text", unit(12, 16, 3),
+    text = unit(12, 16, 3)
+    text[0] = image[0]                               # 101's text matches its own image (and 104)
+    files = {"text": write_features(folder / "text.h5", "text", text,
                                     valid=[True] * 7 + [False] + [True] * 4,
                                     reason=[""] * 7 + ["empty caption"] + [""] * 4),
              "image_global": write_features(folder / "image.h5", "image_global", image, sha=sha),
@@ -321,49 +318,3 @@ def test_the_authors_2015_lists_show_the_documented_hub():
     row = diagnose(inter, 5)
     assert row["hub_id"] == "74471" and round(row["hub_share"], 4) == 0.4509
     assert round(diagnose(intra, 5)["top1_eq1"], 4) == 0.6795
-
-
-def _install_features_stub():
-    """A stand-in for pipeline/features.py (issue 3) while it is not in the tree: the contract's
-    ``read_features``/``load_manifest`` only. Removed once the real module lands."""
-    import types
-    from dataclasses import dataclass
-    from pathlib import Path
-
-    @dataclass
-    class FeatureSet:
-        path: Path
-        item_ids: list
-        features: np.ndarray
-        valid: np.ndarray
-        reason: list
-        attrs: dict
-
-        def rows(self, ids):
-            index = {item: r for r, item in enumerate(self.item_ids)}
-            rows = [index[i] for i in ids]
-            return self.features[rows], self.valid[rows]
-
-    def read_features(path):
-        with h5py.File(path, "r") as h5:
-            return FeatureSet(Path(path), list(h5["item_id"].asstr()[()]),
-                              h5["features"][()].astype(np.float32), h5["valid"][()],
-                              list(h5["reason"].asstr()[()]),
-                              {k: (v.decode() if isinstance(v, bytes) else v)
-                               for k, v in h5.attrs.items()})
-
-    def load_manifest(artifacts, dataset):
-        folder = Path(artifacts) / "features" / dataset
-        views = json.loads((folder / "manifest.json").read_text())["views"]
-        return {view: folder / entry["file"] for view, entry in views.items()}
-
-    module = types.ModuleType("pipeline.features")
-    module.read_features, module.load_manifest, module.FeatureSet = (read_features, load_manifest,
-                                                                     FeatureSet)
-    sys.modules["pipeline.features"] = module
-
-
-try:
-    import pipeline.features  # noqa: F401
-except ImportError:
-    _install_features_stub()
