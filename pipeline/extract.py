@@ -21,15 +21,14 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from . import features as fs
 from .artifacts import environment, fingerprint, ids_fingerprint
 from .data import Dataset, load_dataset
-from .encoders import (EncoderSpec, encoder_fingerprint, resolve_device, resolve_encoder)
+from .encoders import EncoderSpec, encoder_fingerprint, resolve_device, resolve_encoder
 from .errors import InvalidConfig
 from .objects import COCO_80, LEXICON
 from .progress import no_progress
@@ -321,6 +320,3 @@ def summary_lines(summary: dict) -> list[str]:
     lines.append(f"manifest: {summary['manifest']}")
     return lines
 
-
-def config_dict(config: ExtractConfig) -> dict:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}

@@ -55,7 +55,7 @@ def test_image_specs_carry_their_preprocessing():
 
 
 def test_offline_efficientnet_sees_coffee_in_the_coffee_photo():
-    from skimage import data
+    data = pytest.importorskip("skimage.data", reason="scikit-image (the test extra) ships the photo")
 
     encoder = load_encoder("efficientnet-lite0", "cpu")
     batch = photo_batch(encoder.spec, [Image.fromarray(data.coffee())])
