@@ -258,7 +258,8 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn,
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=None,
               help="auto: bf16 autocast on CUDA, fp32 on CPU.")
 @click.option("--deterministic", is_flag=True, help="torch deterministic algorithms.")
-@click.option("--slug", default=None, help="Run folder suffix [default: <dataset>-<variant>-s<seed>].")
+@click.option("--slug", default=None,
+              help="Run folder suffix [default: <dataset>-<variant>-s<seed>].")
 @device_option
 @quiet_option
 @friendly_errors
@@ -349,7 +350,8 @@ def predict(run, input_file, text, image, caption, captions, image_dir, output, 
         click.echo(f"neighbours: {result.neighbours[0]}", err=True)
     if result.scores is not None:
         click.echo(format_table(result.scores, f"{input_file} ({len(examples)} tweets)"), err=True)
-    with (open(output, "w", encoding="utf-8") if output else contextlib.nullcontext(sys.stdout)) as out:
+    target = open(output, "w", encoding="utf-8") if output else contextlib.nullcontext(sys.stdout)
+    with target as out:
         write_predictions(result, out)
     if output:
         click.echo(f"wrote {output}")

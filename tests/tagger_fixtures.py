@@ -21,7 +21,8 @@ def make_tiny_encoder(folder) -> str:
 
     folder.mkdir(parents=True, exist_ok=True)
     chars = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars] + WORDS
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = special + chars + [f"##{c}" for c in chars] + WORDS
     tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
@@ -86,7 +87,8 @@ def tiny_pipeline(tmp_path_factory, tiny_encoder):
     result = invoke("extract", "--data-dir", data, "--artifacts", artifacts, "--text-encoder",
                     tiny_encoder, "--quiet")
     assert result.exit_code == 0, result.output
-    result = invoke("build-graphs", "--data-dir", data, "--artifacts", artifacts, "--k", 3, "--quiet")
+    result = invoke("build-graphs", "--data-dir", data, "--artifacts", artifacts, "--k", 3,
+                    "--quiet")
     assert result.exit_code == 0, result.output
     return data, artifacts
 

@@ -1,4 +1,5 @@
-"""The tagger: tokenisation and shapes, every ablation switch, CRF decoding, masking of missing images."""
+"""The tagger: tokenisation and shapes, every ablation switch, CRF decoding, masking of missing
+images."""
 from __future__ import annotations
 
 import itertools

@@ -32,8 +32,9 @@ def test_predict_tags_a_new_tweet_end_to_end(tiny_run):
     assert all(t[1].replace("OTHER", "MISC") in labels for t in tokens)
     shown = [line for line in result.stderr.splitlines() if line.startswith("neighbours: ")]
     neighbours = eval(shown[0][len("neighbours: "):])  # noqa: S307 - our own printed dict
+    data = tiny_run.parent.parent.parent / "tiny"
     pool = {line[6:] for name in ("train", "valid", "test")
-            for line in (tiny_run.parent.parent.parent / "tiny" / f"{name}.txt").read_text().splitlines()
+            for line in (data / f"{name}.txt").read_text().splitlines()
             if line.startswith("IMGID:")}
     assert len(neighbours["inter"]) == 3 and set(neighbours["inter"]) <= pool
     assert len(neighbours["intra"]) == 3    # "man" and "crowd" name the COCO class person
@@ -74,7 +75,8 @@ def test_a_caption_run_refuses_an_image_and_usage_errors(tiny_run, tmp_path):
     assert result.output == ("Error: this run's image_global features come from captions; give "
                              "--caption (or --captions for a file), not --image\n")
     result = invoke("predict", "--run", tiny_run)
-    assert result.exit_code == 2 and "give exactly one of --input FILE or --text TEXT" in result.output
+    assert result.exit_code == 2
+    assert "give exactly one of --input FILE or --text TEXT" in result.output
     result = invoke("predict", "--run", tmp_path, "--text", "x")
     assert result.output == (f"Error: {tmp_path}: not a run folder (no config.json); pass a folder "
                              "under <artifacts>/runs/\n")
@@ -89,4 +91,33 @@ def test_a_text_only_run_predicts_without_any_image_input(tiny_dir, tmp_path, ti
     assert meta["node_shape"] is None and meta["shape_features"] == list(SHAPE_FEATURES)
     result = invoke("predict", "--run", run, "--input", tiny_dir / "test.txt")
     assert result.exit_code == 0, result.output
+    assert result.stdout == (run / "predictions_test.conll").read_text()
+
+
+def test_region_grids_and_images_end_to_end(tiny_dir, tmp_path, tiny_encoder):
+    """With images, node features are the region grids (auto) and predict embeds a new image."""
+    from PIL import Image
+
+    images = tiny_dir / "images"
+    images.mkdir()
+    for k, item in enumerate(["101", "102", "103", "104", "105", "106", "201", "202", "203",
+                              "301", "302"]):  # 303 has no image: invalid, masked
+        Image.new("RGB", (4, 4), (20 * k, 255 - 20 * k, 90)).save(images / f"{item}.png")
+    artifacts = tmp_path / "artifacts"
+    for args in (("extract", "--text-encoder", tiny_encoder, "--image-encoder",
+                  "efficientnet-lite0:random"), ("build-graphs", "--k", 3)):
+        result = invoke(args[0], "--data-dir", tiny_dir, "--artifacts", artifacts, *args[1:],
+                        "--quiet")
+        assert result.exit_code == 0, result.output
+    result = invoke(*train_args(tiny_dir, artifacts, tiny_encoder, "--epochs", 1))
+    assert result.exit_code == 0, result.output
+    run = next((artifacts / "runs").iterdir())
+    record = json.loads((run / "inputs.json").read_text())["image"]
+    assert record["features"]["view"] == "region_grid" and record["features"]["shape"] == [49, 1280]
+    assert record["masked"]["own_image"] == 1
+    result = invoke("predict", "--run", run, "--text", "Obama in Paris", "--image",
+                    images / "101.png", "--caption", "a man on a bridge")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 5
+    result = invoke("predict", "--run", run, "--input", tiny_dir / "test.txt")
     assert result.stdout == (run / "predictions_test.conll").read_text()

@@ -1,5 +1,6 @@
-"""`train` and `evaluate` through the CLI on the tiny dataset after the real extract and build-graphs:
-the run folder, re-scoring, reproducibility from config.json, seeds, and refused inputs."""
+"""`train` and `evaluate` through the CLI on the tiny dataset after the real extract and
+build-graphs: the run folder, re-scoring, reproducibility from config.json, seeds, and refused
+inputs."""
 from __future__ import annotations
 
 import json
@@ -14,12 +15,14 @@ from trainer.config import ModelConfig, OptimConfig, TrainConfig
 
 
 def test_config_round_trips_and_refuses_bad_values(tmp_path):
-    config = TrainConfig(data_dir="d", model=ModelConfig(inter=False, k=3), optim=OptimConfig(epochs=2))
+    config = TrainConfig(data_dir="d", model=ModelConfig(inter=False, k=3),
+                         optim=OptimConfig(epochs=2))
     path = tmp_path / "c.json"
     config.to_json(path)
     assert TrainConfig.from_json(path) == config
     assert config.model.variant() == "no-inter"
-    assert ModelConfig(text_only=True).inter is False and ModelConfig(text_only=True).variant() == "text-only"
+    text_only = ModelConfig(text_only=True)
+    assert text_only.inter is False and text_only.variant() == "text-only"
     assert config.with_overrides(no_gate=True, epochs=4, pool="train") == TrainConfig(
         data_dir="d", pool="train", model=ModelConfig(inter=False, k=3, gate=False),
         optim=OptimConfig(epochs=4))
@@ -27,8 +30,8 @@ def test_config_round_trips_and_refuses_bad_values(tmp_path):
     with pytest.raises(Exception) as err:
         TrainConfig.from_json(path)
     assert str(err.value) == (f"{path}: model: unknown key 'layers'; valid keys: bio_constraints, "
-                              "dropout, encoder, gate, gcn_layers, graph_dim, heads, inter, intra, k, "
-                              "max_subwords, node_view, region_pool, shape, text_only")
+                              "dropout, encoder, gate, gcn_layers, graph_dim, heads, inter, "
+                              "intra, k, max_subwords, node_view, region_pool, shape, text_only")
     with pytest.raises(Exception) as err:
         ModelConfig(graph_dim=30, heads=4)
     assert str(err.value) == "model.graph_dim (30) must be a positive multiple of model.heads (4)"
@@ -70,7 +73,8 @@ def test_evaluate_rescores_the_saved_run(tiny_run):
     assert result.exit_code == 0, result.output
     overall = [line for line in result.output.splitlines() if line.startswith("overall")][0]
     f1 = {m: 100 * results["test"][m]["overall"]["f1"] for m in ("conlleval", "strict")}
-    assert overall.split()[-1] == f"{f1['strict']:.2f}" and overall.split()[-5] == f"{f1['conlleval']:.2f}"
+    assert overall.split()[-1] == f"{f1['strict']:.2f}"
+    assert overall.split()[-5] == f"{f1['conlleval']:.2f}"
     evaluation, _ = evaluate_run(tiny_run, "test", "cpu")
     saved = [[line.split("\t")[2] for line in block.splitlines()[1:]]
              for block in (tiny_run / "predictions_test.conll").read_text().strip().split("\n\n")]
@@ -78,7 +82,8 @@ def test_evaluate_rescores_the_saved_run(tiny_run):
 
 
 def test_a_run_is_reproduced_from_its_config_json(tiny_run, tmp_path):
-    result = invoke("train", "--config", tiny_run / "config.json", "--artifacts", tmp_path, "--quiet")
+    result = invoke("train", "--config", tiny_run / "config.json", "--artifacts", tmp_path,
+                    "--quiet")
     assert result.exit_code == 0, result.output
     again = next((tmp_path / "runs").iterdir())
     first = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]

@@ -116,7 +116,8 @@ def encode(examples, tokenizer, label2id: dict[str, int], max_subwords: int) -> 
                   np.array([len(w) for w in words], dtype=np.int64))
     for i, example in enumerate(examples):
         word_ids = enc.word_ids(i)
-        first = [p for p, w in enumerate(word_ids) if w is not None and (p == 0 or word_ids[p - 1] != w)]
+        first = [p for p, w in enumerate(word_ids)
+                 if w is not None and (p == 0 or word_ids[p - 1] != w)]
         if not first:
             raise InvalidConfig(f"example {example.item_id}: no word survives max_subwords="
                                 f"{max_subwords}; raise model.max_subwords")
@@ -124,8 +125,8 @@ def encode(examples, tokenizer, label2id: dict[str, int], max_subwords: int) -> 
         tags = list(example.tags) or ["O"] * len(words[i])
         out.input_ids.append(np.asarray(enc["input_ids"][i], dtype=np.int64))
         out.first.append(np.asarray(first, dtype=np.int64))
-        out.shapes.append(np.asarray([word_shape(w, j) for j, w in enumerate(example.tokens[:kept])],
-                                     dtype=np.float32).reshape(kept, len(SHAPE_FEATURES)))
+        shapes = [word_shape(w, j) for j, w in enumerate(example.tokens[:kept])]
+        out.shapes.append(np.asarray(shapes, dtype=np.float32).reshape(kept, len(SHAPE_FEATURES)))
         out.labels.append(np.asarray([label2id[t] for t in tags[:kept]], dtype=np.int64))
     return out
 
@@ -198,8 +199,8 @@ class Batch:
 class Collator:
     """Pads a list of example positions of one ``Encoded`` split into a ``Batch``.
 
-    ``rows`` maps each example to its row in ``image`` (the dataset's item table); ``inter``/``intra``
-    say which relation graphs the model uses and ``k`` how many neighbours of each.
+    ``rows`` maps each example to its row in ``image`` (the dataset's item table);
+    ``inter``/``intra`` say which relation graphs the model uses and ``k`` how many neighbours.
     """
 
     def __init__(self, encoded: Encoded, pad_id: int, image: ImageInputs | None = None,
@@ -209,11 +210,10 @@ class Collator:
         self.rows, self.use_inter, self.use_intra, self.k = rows, inter, intra, k
         if image is not None and (rows is None or len(rows) != len(encoded)):
             raise ValueError("Collator needs one image row per example")
-        if image is not None and max(image.inter.shape[1], image.intra.shape[1]) < k and (
-                inter or intra):
-            raise InvalidConfig(f"the graphs hold {min(image.inter.shape[1], image.intra.shape[1])} "
-                                f"neighbours per item but model.k is {k}; lower --k or rebuild "
-                                "the graphs with a larger --k")
+        held = min(image.inter.shape[1], image.intra.shape[1]) if image is not None else k
+        if (inter or intra) and held < k:
+            raise InvalidConfig(f"the graphs hold {held} neighbours per item but model.k is {k}; "
+                                "lower --k or rebuild the graphs with a larger --k")
 
     def __call__(self, positions) -> Batch:
         enc = self.encoded

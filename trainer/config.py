@@ -27,7 +27,9 @@ def _check(condition: bool, message: str) -> None:
 class ModelConfig:
     """What the tagger is. ``text_only`` switches every image input off (and with it the graphs and
     the gate); ``inter``/``intra`` switch one relation graph off (the tweet's own image stays);
-    ``gate=False`` fuses by plain addition; ``shape=False`` drops the word-shape features."""
+    ``gate=False`` fuses by plain addition; ``shape=False`` drops the word-shape features.
+    ``encoder="auto"`` picks the best offline encoder for the device
+    (``pipeline.packaged.best_available_text_encoder``); the run records the name it chose."""
 
     encoder: str = "minilm-l6"
     text_only: bool = False
@@ -58,7 +60,8 @@ class ModelConfig:
         _check(self.graph_dim > 0 and self.heads > 0 and self.graph_dim % self.heads == 0,
                f"model.graph_dim ({self.graph_dim}) must be a positive multiple of model.heads "
                f"({self.heads})")
-        _check(1 <= self.gcn_layers <= 8, f"model.gcn_layers must be in 1..8, got {self.gcn_layers}")
+        _check(1 <= self.gcn_layers <= 8,
+               f"model.gcn_layers must be in 1..8, got {self.gcn_layers}")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         _check(self.max_subwords >= 8, f"model.max_subwords must be >= 8, got {self.max_subwords}")
 
@@ -142,8 +145,9 @@ class TrainConfig:
         _check(self.precision in PRECISIONS,
                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
-        _check(self.slug is None or (self.slug and all(c.isalnum() or c in "-_." for c in self.slug)),
-               f"slug {self.slug!r} may hold only letters, digits, '-', '_' and '.'")
+        _check(self.slug is None or (
+            self.slug and all(c.isalnum() or c in "-_." for c in self.slug)),
+            f"slug {self.slug!r} may hold only letters, digits, '-', '_' and '.'")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -171,7 +175,8 @@ class TrainConfig:
         groups: dict[str, dict] = {"": {}, "model": {}, "optim": {}}
         for name, value in flat.items():
             if name not in OVERRIDES:
-                raise InvalidConfig(f"unknown option {name!r}; valid: {', '.join(sorted(OVERRIDES))}")
+                raise InvalidConfig(f"unknown option {name!r}; valid: "
+                                    f"{', '.join(sorted(OVERRIDES))}")
             group, target = OVERRIDES[name]
             if name.startswith("no_"):
                 if not value:

@@ -120,7 +120,8 @@ def build_inputs(dataset: Dataset, files: dict[str, Path], k: int, pool: str,
                             f"{dataset.root}` again")
     rows = np.array([row_of[i] for i in items], dtype=np.int64)
     own = np.where(features.valid[rows], rows, -1)
-    record = {"features": {"path": str(Path(where).resolve()), "fingerprint": features.attrs.get("fingerprint"),
+    record = {"features": {"path": str(Path(where).resolve()),
+                           "fingerprint": features.attrs.get("fingerprint"),
                            "view": view, "space": features.attrs.get("space"),
                            "shape": list(features.features.shape[1:])},
               "masked": {"own_image": int((own < 0).sum())}}
@@ -142,7 +143,8 @@ def build_inputs(dataset: Dataset, files: dict[str, Path], k: int, pool: str,
         mapped = np.where(I >= 0, pool_rows[np.maximum(I, 0)], -1)
         mapped = np.where((mapped >= 0) & features.valid[np.maximum(mapped, 0)], mapped, -1)
         neighbours[relation] = (mapped, np.nan_to_num(D.astype(np.float32)))
-        record[relation] = {"path": str(Path(files[relation]).resolve()),"fingerprint": graph.attrs.get("fingerprint"),
+        record[relation] = {"path": str(Path(files[relation]).resolve()),
+                            "fingerprint": graph.attrs.get("fingerprint"),
                             "source": graph.attrs.get("source"), "pool": graph.attrs.get("pool"),
                             "k": k, "space": graph.attrs.get("space")}
         record["masked"][relation] = {"flagged_queries": int(flagged.sum()),

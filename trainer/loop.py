@@ -1,10 +1,11 @@
-"""The training loop and the evaluation pass: one ``train``, one ``evaluate``, shared by the CLI, the
-benchmark and any results script.
+"""The training loop and the evaluation pass: one ``train``, one ``evaluate``, shared by the CLI,
+the benchmark and any results script.
 
-``train``: AdamW with a learning rate for the encoder and one for the new layers, linear warm-up then
-linear decay, gradient clipping, bf16 autocast on CUDA, a seeded DataLoader generator, evaluation
-on the validation split after every epoch, early stopping and model selection on that split only.
-Nothing here touches images or a search index: node features arrive as one device tensor.
+``train``: AdamW with a learning rate for the encoder and one for the new layers, linear warm-up
+then linear decay, gradient clipping, bf16 autocast on CUDA, a seeded DataLoader generator,
+evaluation on the validation split after every epoch, early stopping and model selection on that
+split only. Nothing here touches images or a search index: node features arrive as one device
+tensor.
 """
 from __future__ import annotations
 

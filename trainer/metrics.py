@@ -12,8 +12,11 @@ import math
 
 from pipeline.labels import INTERNAL_TYPES, MODES, TypeNames
 
+EMPTY = {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}  # a type never seen
 
-def score(gold: list[list[str]], pred: list[list[str]], type_names: TypeNames = TypeNames()) -> dict:
+
+def score(gold: list[list[str]], pred: list[list[str]],
+          type_names: TypeNames = TypeNames()) -> dict:
     """``{mode: {"overall": {precision, recall, f1, support}, "types": {name: {...}}}}``."""
     from seqeval.metrics import classification_report
     from seqeval.scheme import IOB2
@@ -26,10 +29,9 @@ def score(gold: list[list[str]], pred: list[list[str]], type_names: TypeNames = 
         report = classification_report(gold, pred, output_dict=True, zero_division=0, **extra)
         types = {}
         for etype in INTERNAL_TYPES:
-            row = report.get(etype, {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
+            row = report.get(etype, EMPTY)
             types[type_names.type_to_dataset(etype)] = _row(row)
-        micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0,
-                                         "support": 0})
+        micro = report.get("micro avg", EMPTY)
         out[mode] = {"overall": _row(micro), "types": types}
     return out
 

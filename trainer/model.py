@@ -1,5 +1,5 @@
-"""The tagger: text encoder -> word states (+ word shape) -> relation graphs over neighbour images ->
-attention + gate fusion -> emissions -> CRF.
+"""The tagger: text encoder -> word states (+ word shape) -> relation graphs over neighbour
+images -> attention + gate fusion -> emissions -> CRF.
 
 - Words: the encoder's state at each word's first subword (gathered before the CRF, so the CRF
   sees one position per word and its mask starts on).
@@ -35,9 +35,11 @@ FORMAT_VERSION = 1
 
 
 def allowed_transitions(labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """BIO constraints: ``start`` (L,) and ``trans`` (L, L) bool; ``I-X`` only after ``B-X``/``I-X``."""
+    """BIO constraints: ``start`` (L,) and ``trans`` (L, L) bool; ``I-X`` only after ``B-X`` or
+    ``I-X``."""
     def ok(prev: str | None, tag: str) -> bool:
-        return not tag.startswith("I-") or (prev is not None and prev[2:] == tag[2:] and prev != "O")
+        return not tag.startswith("I-") or (
+            prev is not None and prev != "O" and prev[2:] == tag[2:])
     start = torch.tensor([ok(None, t) for t in labels])
     trans = torch.tensor([[ok(p, t) for t in labels] for p in labels])
     return start, trans
@@ -88,7 +90,8 @@ class RelationGraph(nn.Module):
     batch (``star_edges``) and are normalised with ``gcn_norm``.
     """
 
-    def __init__(self, center_dim: int | None, node_dim: int, dim: int, layers: int, dropout: float):
+    def __init__(self, center_dim: int | None, node_dim: int, dim: int, layers: int,
+                 dropout: float):
         super().__init__()
         self.leaf_proj = nn.Linear(node_dim, dim)
         self.center_proj = nn.Linear(center_dim, dim) if center_dim is not None else None
@@ -240,7 +243,8 @@ def save_tagger(model: Tagger, tokenizer, folder, encoder_record: dict) -> None:
             "labels": model.labels, "label2id": {t: i for i, t in enumerate(model.labels)},
             "node_shape": list(model.node_shape) if model.node_shape else None,
             "shape_features": list(SHAPE_FEATURES), "encoder": encoder_record}
-    (folder / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
+    (folder / "model.json").write_text(text)
 
 
 def load_tagger(folder, device="cpu"):

@@ -100,7 +100,8 @@ def view_vectors(attrs: dict, examples: list[Example], device: str = "cpu"):
     view, source, spec = attrs["view"], attrs["source"], attrs["encoder"]
     config = attrs.get("config") or {}
     if source == "tweet_text":
-        texts = [tweet_text(e.tokens, config.get("text", {}).get("drop_urls", True)) for e in examples]
+        drop_urls = config.get("text", {}).get("drop_urls", True)
+        texts = [tweet_text(e.tokens, drop_urls) for e in examples]
         ok = np.array([bool(t.strip()) for t in texts])
         return _sentence(spec["name"], config, device).encode(texts), ok
     if source == "caption":
@@ -131,8 +132,8 @@ def view_vectors(attrs: dict, examples: list[Example], device: str = "cpu"):
             phrases = [imagenet_phrase([model.classes[c] for c in row]) for row in top]
             outputs = _sentence(spec["name"], config, device).encode(phrases)
     elif view == "object_types":
-        outputs = model.zero_shot(model.encode_image(images),
-                                  model.encode_text(coco_prompts(config.get("prompt", "a photo of {}."))))
+        prompts = coco_prompts(config.get("prompt", "a photo of {}."))
+        outputs = model.zero_shot(model.encode_image(images), model.encode_text(prompts))
     else:
         outputs = model.encode_image(images)
     outputs = np.asarray(outputs.cpu() if hasattr(outputs, "cpu") else outputs, dtype=np.float32)
@@ -168,7 +169,8 @@ def _neighbours(relation: str, entry: dict, new: list[Example], k: int, device: 
     from pipeline.search import search
 
     graph = read_graph(entry["path"])
-    if graph.attrs.get("source", "ours") != "ours" or graph.attrs.get("ranking", "cosine") != "cosine":
+    attrs = graph.attrs
+    if attrs.get("source", "ours") != "ours" or attrs.get("ranking", "cosine") != "cosine":
         raise InvalidConfig(f"{entry['path']}: neighbours of new tweets can be computed only for "
                             "cosine-ranked graphs built by build-graphs; tag dataset items instead")
     folder = Path(entry["path"]).parents[2] / "features" / graph.attrs["dataset"]
@@ -223,7 +225,8 @@ def image_inputs_for(examples: list[Example], inputs: TrainInputs, config: Train
             for j, i in enumerate(new):
                 rows[i] = [row_of[p] if p is not None else -1 for p in ids[j]]
                 scores[i] = got[j]
-    named = lambda rows: [image.table_ids[r] for r in rows if 0 <= r < len(image.table_ids)]  # noqa: E731
+    def named(rows):  # rows past the dataset's table are new images: not in the pool
+        return [image.table_ids[r] for r in rows if 0 <= r < len(image.table_ids)]
     neighbours = [{"inter": named(inter[i]) if model.inter else [],
                    "intra": named(intra[i]) if model.intra else []} for i in range(n)]
     return (ImageInputs([e.item_id for e in examples], table, own, inter, inter_s, intra, intra_s,

@@ -89,8 +89,9 @@ def make_splits(inputs: TrainInputs, tokenizer, config: TrainConfig, label2id,
         rows = None
         if model.uses_image:
             rows = np.array([inputs.image.row_of[t.item_id] for t in tweets], dtype=np.int64)
-        collator = Collator(encoded, tokenizer.pad_token_id, inputs.image if model.uses_image else None,
-                            rows, model.inter, model.intra, model.k)
+        image = inputs.image if model.uses_image else None
+        collator = Collator(encoded, tokenizer.pad_token_id, image, rows, model.inter,
+                            model.intra, model.k)
         splits[name] = Split(name, encoded, collator, [list(t.tags) for t in tweets])
     return splits
 
@@ -99,7 +100,8 @@ def node_table(inputs: TrainInputs, config: TrainConfig, device: torch.device):
     """The node features as one device tensor (bf16 when training in bf16 on CUDA), or None."""
     if not config.model.uses_image:
         return None
-    dtype = torch.bfloat16 if device.type == "cuda" and config.precision != "fp32" else torch.float32
+    bf16 = device.type == "cuda" and config.precision != "fp32"
+    dtype = torch.bfloat16 if bf16 else torch.float32
     return torch.from_numpy(np.ascontiguousarray(inputs.image.table)).to(device, dtype)
 
 
@@ -153,8 +155,8 @@ def resolved(config: TrainConfig, inputs: TrainInputs) -> TrainConfig:
     """``config`` with the node view and the feature / graph files actually used written in, so
     that its ``config.json`` retrains on the same inputs even after the manifests move on."""
     files = inputs.files or {}
-    paths = {name: files[key]["path"] for name, key in (
-        ("features", "features"), ("inter_graph", "inter"), ("intra_graph", "intra")) if key in files}
+    names = (("features", "features"), ("inter_graph", "inter"), ("intra_graph", "intra"))
+    paths = {name: files[key]["path"] for name, key in names if key in files}
     return dataclasses.replace(config, **paths, model=dataclasses.replace(
         config.model, node_view=inputs.image.view))
 
@@ -169,6 +171,10 @@ def prepare(config: TrainConfig, inputs: TrainInputs) -> Prepared:
         config = resolved(config, inputs)
     elif config.model.uses_image:
         raise InvalidConfig("an image model needs image inputs; load them with load_inputs")
+    if config.model.encoder == "auto":
+        from pipeline.packaged import best_available_text_encoder
+        config = dataclasses.replace(config, model=dataclasses.replace(
+            config.model, encoder=best_available_text_encoder(device.type == "cuda")))
     tokenizer, backbone, encoder_record = load_text_backbone(config.model.encoder)
     labels = label_list()
     splits = make_splits(inputs, tokenizer, config, {t: i for i, t in enumerate(labels)})
@@ -178,7 +184,8 @@ def prepare(config: TrainConfig, inputs: TrainInputs) -> Prepared:
                     node_table(inputs, config, device))
 
 
-def train_run(config: TrainConfig, inputs: TrainInputs, progress=no_progress, log=None) -> RunResult:
+def train_run(config: TrainConfig, inputs: TrainInputs, progress=no_progress,
+              log=None) -> RunResult:
     """Train one seed of ``config`` on ``inputs`` and write its run folder."""
     log = log or (lambda message: None)
     started = time.perf_counter()
