@@ -148,6 +148,8 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
 
     Example: python cli.py extract --data-dir ../shared/data/twitter2017
     """
+    import logging
+
     from pipeline.data import default_captions, default_image_dir
     from pipeline.extract import ExtractConfig, run_extract, summary_lines
 
@@ -156,10 +158,11 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
         image_dir=image_dir or default_image_dir(data_dir), drop_urls=not keep_urls,
         views=tuple(v.strip() for v in views.split(",") if v.strip()) if views else (),
         **{k: v for k, v in options.items() if v is not None})
+    notes = logging.getLogger("pipeline.features")     # "resuming ...", "... starting it over"
+    if not notes.handlers:
+        notes.addHandler(logging.StreamHandler(sys.stderr))
+        notes.setLevel(logging.INFO)
     summary = run_extract(config, progress_factory(quiet))
-    for view in summary["views"].values():
-        for note in view["notes"]:
-            click.echo(note, err=True)
     click.echo("\n".join(summary_lines(summary)))
 
 
@@ -180,6 +183,8 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
               help="Import the authors' lists from <data-dir>/rgcn [default: if it exists].")
 @click.option("--hubness", type=click.Choice(["none", "csls"]), default="none", show_default=True,
               help="Rank neighbours by cosine, or by CSLS to damp hub images.")
+@click.option("--ties", type=click.Choice(["random", "index"]), default="random",
+              show_default=True, help="Break exact score ties per pair (seeded) or by pool order.")
 @click.option("--approx", type=click.Choice(["none", "hnsw", "ivf"]), default="none",
               show_default=True, help="Approximate faiss index (recall vs exact is reported).")
 @click.option("--backend", type=click.Choice(["auto", "faiss", "torch"]), default="auto",
@@ -190,8 +195,8 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
 @device_option
 @quiet_option
 @friendly_errors
-def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn, hubness, approx,
-                 backend, plot, overwrite, device, quiet):
+def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn, hubness, ties,
+                 approx, backend, plot, overwrite, device, quiet):
     """Inter-modal and intra-modal top-K neighbour graphs under <artifacts>/graphs/.
 
     \b
@@ -206,7 +211,8 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn,
     from pipeline.graphs import RELATIONS, GraphConfig, build_graphs as build, read_graph
 
     dataset = load_dataset(data_dir)
-    config = GraphConfig(k=k, pool=pool, hubness=hubness, approx=None if approx == "none" else approx,
+    config = GraphConfig(k=k, pool=pool, hubness=hubness, ties=ties,
+                         approx=None if approx == "none" else approx,
                          relations=() if "none" in relations else (relations or RELATIONS),
                          backend=backend, device=device)
     rgcn_dir = Path(data_dir) / "rgcn"

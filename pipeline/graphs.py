@@ -14,6 +14,12 @@ neighbours. ``hubness="csls"`` ranks by CSLS, 2cos(q,b) - r_q - r_b (r: mean cos
 ``csls_k`` nearest on the other side), exactly, through an augmented inner product; ``D`` keeps
 the cosine of the chosen neighbours as edge weight.
 
+Ties: sparse object-type vectors give massive exact ties (most images share {person}); any exact
+search then returns the lowest pool rows, and one image becomes a hub by row order alone (54% of
+TWITTER-2017 lists with ``ties="index"``). ``ties="random"`` (default) adds two seeded random
+columns whose inner product shifts each (query, pool) score by at most ``TIE_SCALE`` = 1e-5, so
+ties are broken per pair; ``D`` is the unshifted cosine.
+
 The authors' published lists are imported into the same format by ``graph_import.import_rgcn``.
 """
 from __future__ import annotations
@@ -42,6 +48,9 @@ RELATIONS = ("inter", "intra")
 VIEWS = {"inter": ("text", "image_global"), "intra": ("object_types", "object_types")}
 POOLS = {"all": ("train", "valid", "test"), "train": ("train",)}
 HUBNESS = ("none", "csls")
+TIES = ("random", "index")
+TIE_SCALE = 1e-5     # largest change a tie-break may make to a score
+TIE_DIMS = 16
 
 
 def _check(condition: bool, message: str) -> None:
@@ -59,6 +68,8 @@ class GraphConfig:
     hubness: str = "none"
     csls_k: int = 10
     approx: str | None = None
+    ties: str = "random"
+    seed: int = 0
     relations: tuple[str, ...] = RELATIONS
     backend: str = "auto"
     device: str = "auto"
@@ -70,6 +81,7 @@ class GraphConfig:
         _check(self.pool in POOLS, f"graph pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         _check(self.hubness in HUBNESS,
                f"hubness must be one of {', '.join(HUBNESS)}, got {self.hubness!r}")
+        _check(self.ties in TIES, f"ties must be one of {', '.join(TIES)}, got {self.ties!r}")
         _check(self.csls_k >= 1, f"csls_k must be at least 1, got {self.csls_k}")
         _check(self.approx in (None, *APPROX),
                f"approx must be one of {', '.join(APPROX)} or none, got {self.approx!r}")
@@ -81,7 +93,8 @@ class GraphConfig:
     def recipe(self) -> dict:
         """The settings that change the graph (its fingerprint)."""
         return {"k": self.k, "pool": self.pool, "metric": "cosine", "hubness": self.hubness,
-                "csls_k": self.csls_k if self.hubness == "csls" else None, "approx": self.approx}
+                "csls_k": self.csls_k if self.hubness == "csls" else None, "approx": self.approx,
+                "ties": self.ties, "seed": self.seed if self.ties == "random" else None}
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -183,24 +196,35 @@ def _row_means(D) -> np.ndarray:
         return np.nan_to_num(np.nanmean(D, axis=1))
 
 
+def _tie_columns(n: int, m: int, seed: int):
+    """Extra columns whose inner products add a pseudo-random amount in [-TIE_SCALE, TIE_SCALE]
+    to every (query, pool) score: exact ties are broken per pair instead of by pool order."""
+    rng = np.random.default_rng(seed)
+    r = rng.standard_normal((n + m, TIE_DIMS)).astype(np.float32)
+    r *= np.float32(np.sqrt(TIE_SCALE)) / np.linalg.norm(r, axis=1, keepdims=True)
+    return r[:n], r[n:]
+
+
 def _rank(xq, xb, exclude, config: GraphConfig, progress, info: dict):
     """``(D, I)``: cosine scores and pool rows of the top-k, ranked by cosine or CSLS."""
     opts = dict(backend=config.backend, device=config.device, approx=config.approx,
                 progress=progress)
+    aq, ab = xq, xb
     if config.hubness == "csls":
         r_q = _row_means(search(xq, xb, config.csls_k, exclude=exclude, **opts)[0])
         r_b = _row_means(search(xb, xq, config.csls_k, exclude=exclude[::-1], **opts)[0])
         info["csls"] = {"r_q_mean": float(r_q.mean()), "r_b_mean": float(r_b.mean())}
-        xq = np.hstack([2 * xq, -np.ones((len(xq), 1), np.float32)])
-        xb = np.hstack([xb, r_b[:, None].astype(np.float32)])
-    _, I = search(xq, xb, config.k, exclude=exclude, info=info, **opts)
+        aq = np.hstack([2 * xq, -np.ones((len(xq), 1), np.float32)])
+        ab = np.hstack([xb, r_b[:, None].astype(np.float32)])
+    if config.ties == "random":
+        tq, tb = _tie_columns(len(xq), len(xb), config.seed)
+        aq, ab = np.hstack([aq, tq]), np.hstack([ab, tb])
+    _, I = search(aq, ab, config.k, exclude=exclude, info=info, **opts)
     if config.approx:
         info["recall_at_k"] = estimate_recall(
-            xq, xb, I, config.k, exclude=exclude, sample=config.recall_sample,
+            aq, ab, I, config.k, exclude=exclude, sample=config.recall_sample,
             backend="faiss" if config.backend == "auto" else config.backend, device=config.device)
-    d = xq.shape[1] - (1 if config.hubness == "csls" else 0)
-    scale = 2.0 if config.hubness == "csls" else 1.0
-    D = np.einsum("nd,nkd->nk", xq[:, :d], xb[np.maximum(I, 0), :d]) / scale
+    D = np.einsum("nd,nkd->nk", xq, xb[np.maximum(I, 0)])
     return np.where(I >= 0, D, np.nan).astype(np.float32), I
 
 

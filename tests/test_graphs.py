@@ -318,3 +318,20 @@ def test_the_authors_2015_lists_show_the_documented_hub():
     row = diagnose(inter, 5)
     assert row["hub_id"] == "74471" and round(row["hub_share"], 4) == 0.4509
     assert round(diagnose(intra, 5)["top1_eq1"], 4) == 0.6795
+
+
+def test_exact_ties_are_broken_per_query_not_by_pool_order(tiny_dir, tmp_path):
+    objects = np.zeros((12, 4), np.float32)
+    objects[:, 0] = 1                                   # every image: the same single object
+    files = [write_features(tmp_path / "o.h5", "object_types", objects, space="objects:test")]
+    dataset = load_dataset(tiny_dir)
+    chosen = {}
+    for ties in ("index", "random"):
+        config = GraphConfig(k=2, relations=("intra",), ties=ties)
+        [result] = build_graphs(dataset, tmp_path, config, features=files)
+        graph = read_graph(result.path)
+        assert np.allclose(graph.D, 1.0, atol=1e-6)     # the cosine, not the shifted score
+        chosen[ties] = diagnose(graph)
+    assert chosen["index"]["hub_share"] == pytest.approx(11 / 12)   # row 0 for all but itself
+    assert chosen["random"]["nk_max"] < chosen["index"]["nk_max"]
+    assert chosen["random"]["coverage"] > chosen["index"]["coverage"]
