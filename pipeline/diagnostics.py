@@ -1,6 +1,6 @@
 """What a neighbour graph looks like: hubness, coverage, scores, and overlap between two graphs.
 
-All measures use each graph's first ``k`` columns (its best k) over the queries that are not flagged.
+All measures use each graph's first ``k`` columns (its best k) over the queries not flagged.
 
 - k-occurrence ``N_k(b)``: in how many top-k lists pool image b appears. Hubness shows as a few
   images with a huge ``N_k`` (a right-skewed distribution): ``hub_share`` is the share of lists that
@@ -94,7 +94,7 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def overlaps(graphs: dict[str, Graph], k: int) -> list[tuple[str, str, float, int]]:
-    """overlap@k of each of our graphs with the authors' graph of the same relation, when both exist."""
+    """overlap@k of each of our graphs with the authors' graph of that relation, if both exist."""
     rows = []
     for relation in ("inter", "intra"):
         if relation in graphs and f"{relation}-rgcn" in graphs:

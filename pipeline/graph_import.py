@@ -1,4 +1,4 @@
-"""Import the R-GCN authors' neighbour lists (``<data-dir>/rgcn/{train,valid,test}_2.txt``) as graphs.
+"""The R-GCN authors' neighbour lists (``<data-dir>/rgcn/{train,valid,test}_2.txt``) as graphs.
 
 Each record holds the top-10 images for the tweet text ("img2text", our ``inter``) and for the
 tweet's image ("img2img", our ``intra``), pool = all splits. They become ``inter-rgcn`` and
@@ -31,7 +31,8 @@ def rgcn_files(dataset: Dataset, rgcn_dir) -> dict[str, Path]:
     for path in paths.values():
         if not path.is_file():
             raise MissingInput(f"{path}: file not found; the R-GCN lists are "
-                               f"<data-dir>/rgcn/{{train,valid,test}}_2.txt (or pass --no-import-rgcn)")
+                               "<data-dir>/rgcn/{train,valid,test}_2.txt (or pass "
+                               "--no-import-rgcn)")
     return paths
 
 

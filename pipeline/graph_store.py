@@ -27,7 +27,7 @@ JSON_ATTRS = ("inputs", "config", "environment", "pool_unknown", "notes")
 
 @dataclass
 class Graph:
-    """One relation's top-K neighbour lists. ``I`` indexes ``pool_ids``; rows follow ``query_ids``."""
+    """Top-K neighbour lists: ``I`` indexes ``pool_ids``, rows follow ``query_ids``."""
 
     query_ids: list[str]
     pool_ids: list[str]
@@ -47,7 +47,7 @@ class Graph:
 
     @property
     def name(self) -> str:
-        """``inter`` / ``intra`` for our graphs, ``inter-rgcn`` / ``intra-rgcn`` for imported ones."""
+        """``inter``/``intra`` for our graphs, ``inter-rgcn``/``intra-rgcn`` for imported ones."""
         source = self.attrs.get("source", "ours")
         return self.attrs["relation"] + ("" if source == "ours" else f"-{source}")
 
@@ -149,7 +149,8 @@ def read_graph(path) -> Graph:
                      pool_ids=list(h5["pool_id"].asstr()[()]),
                      I=h5["I"][()], D=h5["D"][()], flagged=h5["flagged"][()].astype(bool),
                      attrs=attrs, path=path,
-                     flag_reason=list(h5["flag_reason"].asstr()[()]) if "flag_reason" in h5 else None)
+                     flag_reason=(list(h5["flag_reason"].asstr()[()]) if "flag_reason" in h5
+                                  else None))
 
 
 def reusable(path, fp: str, overwrite: bool) -> bool:

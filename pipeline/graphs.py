@@ -78,7 +78,8 @@ class GraphConfig:
     def __post_init__(self):
         object.__setattr__(self, "relations", tuple(self.relations))
         _check(1 <= self.k <= 1000, f"graph k must be in 1..1000, got {self.k}")
-        _check(self.pool in POOLS, f"graph pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        _check(self.pool in POOLS,
+               f"graph pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         _check(self.hubness in HUBNESS,
                f"hubness must be one of {', '.join(HUBNESS)}, got {self.hubness!r}")
         _check(self.ties in TIES, f"ties must be one of {', '.join(TIES)}, got {self.ties!r}")

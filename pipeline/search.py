@@ -1,4 +1,5 @@
-"""Exact (and opt-in approximate) inner-product top-k search, the faiss way: ``D, I = search(xq, xb, k)``.
+"""Exact (and opt-in approximate) inner-product top-k search, the faiss way:
+``D, I = search(xq, xb, k)``.
 
 ``xq`` (n, d) are the queries, ``xb`` (m, d) the database (pool); ``D`` (n, k) float32 holds the
 scores best first and ``I`` (n, k) int64 the rows of ``xb``; ``I = -1`` (with ``D = nan``) where
@@ -75,8 +76,9 @@ def resolve_backend(backend: str, device: str) -> str:
 def same_item_pairs(query_keys, pool_keys) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (query row, pool row) sharing any non-empty key: the matches to exclude.
 
-    ``query_keys[i]`` and ``pool_keys[j]`` are tuples of strings (e.g. ``(item_id, content_sha256)``);
-    position matters (an id never matches a hash) and ``""`` or None never matches.
+    ``query_keys[i]`` and ``pool_keys[j]`` are tuples of strings, e.g.
+    ``(item_id, content_sha256)``; position matters (an id never matches a hash) and ``""`` or
+    None never matches.
     """
     index: dict[tuple[int, str], list[int]] = defaultdict(list)
     for row, keys in enumerate(pool_keys):
@@ -224,7 +226,7 @@ def _faiss_approx(xq, xb, kk, kind, bar):
 
 @contextlib.contextmanager
 def _full_precision_reduction(torch):
-    """cuBLAS may accumulate half-precision products in half precision; forbid it while we search."""
+    """cuBLAS may accumulate half-precision products in half precision: forbid it meanwhile."""
     matmul = torch.backends.cuda.matmul
     saved = (matmul.allow_fp16_reduced_precision_reduction,
              matmul.allow_bf16_reduced_precision_reduction)
@@ -241,10 +243,11 @@ def _torch_search(xq, xb, kk, device, precision, chunk_rows, bar):
     """Chunked matmul + topk; low precision with an exact float32 re-score on the candidates."""
     import torch
 
+    cuda = device.startswith("cuda")
     if precision not in PRECISIONS:
         raise MnerError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        precision = "float16" if device.startswith("cuda") else "float32"
+        precision = "float16" if cuda else "float32"
     scale = float(np.linalg.norm(xb, axis=1).max()) * float(np.linalg.norm(xq, axis=1).max())
     if precision == "float16" and scale > 1e4:  # products could overflow half precision
         precision = "float32"
@@ -253,12 +256,11 @@ def _torch_search(xq, xb, kk, device, precision, chunk_rows, bar):
     xb32 = torch.from_numpy(xb).to(device)
     xb_low = xb32 if precision == "float32" else xb32.to(dtype)
     kc = kk if precision == "float32" else min(m, kk + max(kk, 32))
-    rows = chunk_rows or _default_rows(m, xb_low.element_size() + 4,
-                                       (1 << 32) if device.startswith("cuda") else (1 << 28))
+    rows = chunk_rows or _default_rows(m, xb_low.element_size() + 4, (1 << 32) if cuda else (1 << 28))
     D = np.empty((len(xq), kk), np.float32)
     I = np.empty((len(xq), kk), np.int64)
     again = 0
-    guard = _full_precision_reduction(torch) if device.startswith("cuda") else contextlib.nullcontext()
+    guard = _full_precision_reduction(torch) if cuda else contextlib.nullcontext()
     with torch.inference_mode(), guard:
         for part in _chunks(len(xq), rows):
             q32 = torch.from_numpy(xq[part]).to(device)
@@ -267,7 +269,8 @@ def _torch_search(xq, xb, kk, device, precision, chunk_rows, bar):
                 scores, cand, redo = _rescore(q32, xb32, scores, cand, kk, m, precision)
                 if redo.any():
                     rows_redo = redo.nonzero().squeeze(1)
-                    scores[rows_redo], cand[rows_redo] = torch.topk(q32[rows_redo] @ xb32.T, kk, dim=1)
+                    scores[rows_redo], cand[rows_redo] = torch.topk(q32[rows_redo] @ xb32.T, kk,
+                                                                    dim=1)
                     again += int(rows_redo.numel())
             D[part] = scores.float().cpu().numpy()
             I[part] = cand.cpu().numpy()

@@ -311,7 +311,8 @@ def test_the_authors_2015_lists_show_the_documented_hub():
     from pipeline.graph_import import import_rgcn
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
-        results = {r.name: r for r in import_rgcn(dataset, SHARED_DATA / "twitter2015" / "rgcn", tmp)}
+        rgcn_dir = SHARED_DATA / "twitter2015" / "rgcn"
+        results = {r.name: r for r in import_rgcn(dataset, rgcn_dir, tmp)}
         inter = read_graph(results["inter-rgcn"].path)
         intra = read_graph(results["intra-rgcn"].path)
     assert inter.flagged.sum() == 3 and inter.k == 10

@@ -137,3 +137,27 @@ def test_bad_shapes_and_names_are_refused():
                               "the same encoder")
     with pytest.raises(MnerError, match="^unknown search backend 'gpu'; use one of auto, faiss, "):
         search(unit(2, 8), unit(3, 8), 1, backend="gpu")
+
+
+def test_the_benchmark_runs_small_and_lists_what_it_did_not_run(tmp_path, capsys):
+    import importlib.util
+    import json
+    from conftest import ROOT
+
+    path = ROOT / "bench" / "bench_graphs.py"
+    spec = importlib.util.spec_from_file_location("bench_graphs", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--sizes", "400,600", "--dim", "32", "--cpu-max", "500", "--device", "cpu",
+                       "--approx-max", "400", "--out", str(tmp_path / "b.json")]) == 0
+    result = json.loads((tmp_path / "b.json").read_text())
+    rows = {(r["size"], r["backend"]): r for r in result["rows"]}
+    assert sorted(rows) == [(400, "faiss HNSW"), (400, "faiss IVF"), (400, "faiss IndexFlatIP"),
+                            (400, "numpy brute force"), (400, "torch (ours)")]
+    assert rows[(400, "faiss IndexFlatIP")]["recall"] == 1.0
+    assert rows[(400, "torch (ours)")]["recall"] == 1.0
+    assert rows[(400, "numpy brute force")]["ratio"] == 1.0
+    assert ("600: numpy brute force not run (over --cpu-max 500 for exact search on the CPU)"
+            in result["not_run"])
+    assert "400: torch fp16+rescore (ours) not run (no CUDA device)" in result["not_run"]
+    assert "not run: 600: faiss HNSW not run (over --approx-max 400)" in capsys.readouterr().out
