@@ -177,3 +177,18 @@ def test_evaluate_refuses_a_changed_graph_file(tiny_run, tmp_path):
     assert result.output == (f"Error: {graph}: changed since run {run.name} was trained "
                              f"(fingerprint 000000000000, recorded {expected}); restore it or "
                              "train again\n")
+
+
+def test_an_fp16_encoder_copy_trains_with_fp32_weights(tiny_dir, tmp_path, tiny_encoder):
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModel, AutoTokenizer
+
+    half = tmp_path / "encoder-fp16"
+    AutoModel.from_pretrained(tiny_encoder).half().save_pretrained(half)
+    AutoTokenizer.from_pretrained(tiny_encoder).save_pretrained(half)
+    result = invoke(*train_args(tiny_dir, tmp_path, half, "--text-only", "--epochs", 1))
+    assert result.exit_code == 0, result.output
+    run = next((tmp_path / "runs").iterdir())
+    with safe_open(run / "model.safetensors", "pt") as weights:
+        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.float32}

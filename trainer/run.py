@@ -179,7 +179,9 @@ def prepare(config: TrainConfig, inputs: TrainInputs) -> Prepared:
     labels = label_list()
     splits = make_splits(inputs, tokenizer, config, {t: i for i, t in enumerate(labels)})
     node_shape = inputs.image.node_shape if config.model.uses_image else None
-    model = Tagger(config.model, backbone, labels, node_shape).to(device)
+    # fp32 master weights even when the encoder was stored in fp16 (a transport copy):
+    # mixed precision comes from autocast, never from half-precision parameters
+    model = Tagger(config.model, backbone, labels, node_shape).float().to(device)
     return Prepared(config, device, tokenizer, encoder_record, model, splits,
                     node_table(inputs, config, device))
 
