@@ -158,11 +158,13 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
         image_dir=image_dir or default_image_dir(data_dir), drop_urls=not keep_urls,
         views=tuple(v.strip() for v in views.split(",") if v.strip()) if views else (),
         **{k: v for k, v in options.items() if v is not None})
-    notes = logging.getLogger("pipeline.features")     # "resuming ...", "... starting it over"
-    if not notes.handlers:
-        notes.addHandler(logging.StreamHandler(sys.stderr))
-        notes.setLevel(logging.INFO)
-    summary = run_extract(config, progress_factory(quiet))
+    cache_log, notes = logging.getLogger("pipeline.features"), logging.StreamHandler(sys.stderr)
+    cache_log.setLevel(logging.INFO)       # "resuming ...", "... is unreadable; starting it over"
+    cache_log.addHandler(notes)
+    try:
+        summary = run_extract(config, progress_factory(quiet))
+    finally:
+        cache_log.removeHandler(notes)
     click.echo("\n".join(summary_lines(summary)))
 
 

@@ -264,3 +264,19 @@ def test_impossible_configurations_are_one_line_errors(tiny_dir, tmp_path, args,
 def test_config_validates_itself(tiny_dir):
     with pytest.raises(InvalidConfig, match="batch_size must be at least 1, not 0"):
         ExtractConfig(data_dir=tiny_dir, batch_size=0)
+
+
+def test_cli_says_when_it_resumes_or_starts_a_broken_tmp_over(tiny_dir, tmp_path, bert):
+    args = ["--data-dir", tiny_dir, "--artifacts", tmp_path, "--text-encoder", bert, "--quiet",
+            "--views", "text"]
+    assert extract(*args).exit_code == 0
+    path = load_manifest(tmp_path, "tiny")["text"]
+    path.with_name(path.name + ".tmp").write_bytes(b"\x89HDF killed mid-write")
+    result = extract(*args, "--overwrite")      # removes the final file and the .tmp
+    assert result.exit_code == 0 and "starting it over" not in result.output
+    path.rename(path.with_name(path.name + ".tmp"))
+    path.with_name(path.name + ".tmp").write_bytes(b"\x89HDF killed mid-write")
+    result = extract(*args)
+    assert result.exit_code == 0
+    assert f"{path.name}.tmp is unreadable (" in result.output
+    assert "); starting it over\n" in result.output and "text          written" in result.output
