@@ -6,7 +6,10 @@ HDF5 datasets: ``query_id`` (n,) str, every tweet of the dataset (train, valid, 
 query had no usable vector and got no neighbours; ``flag_reason`` (n,) str; ``edge_index`` (2, E)
 int64 (row 0 = neighbour's pool row, row 1 = query row: PyG source -> target) and ``edge_weight``
 (E,) float32, both derived from I/D. Root attributes: relation, source, k, pool, metric, space,
-dataset, inputs, config, environment, fingerprint, complete (JSON for the dict-valued ones).
+dataset, inputs, config, environment, fingerprint, complete; also ranking ("cosine", "csls" or
+"published"), backend, notes (what the build reported), recall_at_k (approximate builds only) and,
+for imported lists, pool_unknown (neighbour ids that are not items of the dataset: no features
+exist for them). Dict and list attributes are stored as JSON.
 
 A file is written under ``.tmp`` and renamed when complete; it is reused only when its fingerprint
 is the one the current inputs and configuration give.
