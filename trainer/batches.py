@@ -15,6 +15,8 @@ import torch
 
 from pipeline.errors import InvalidConfig
 
+from .gcn import gcn_norm
+
 SHAPE_FEATURES = ("init_cap", "all_caps", "inner_cap", "lower", "mention", "hashtag", "url",
                   "has_digit", "all_digit", "punct", "non_ascii", "first_word")
 _URL = re.compile(r"^(https?://|www\.)|\.(com|org|net|ly|co)(/|$)", re.IGNORECASE)
@@ -154,7 +156,8 @@ class Batch:
     """A padded batch. Text: ``input_ids``/``attention_mask`` (B, S); ``word_index`` (B, W) the
     first-subword position of each word, ``word_mask`` (B, W); ``shape`` (B, W, F); ``labels``
     (B, W). Image side (None when unused): row indices into the node table (``own`` (B,),
-    ``inter``/``intra`` (B, K)), star-graph edges and slot masks; after ``to`` the gathered node
+    ``inter``/``intra`` (B, K)), normalised star-graph edges (self-loops included) and slot masks;
+    after ``to`` the gathered node
     features ``own_x`` (B, ...), ``inter_x``/``intra_x`` (B, K, ...)."""
 
     input_ids: torch.Tensor
@@ -244,12 +247,20 @@ class Collator:
         batch.own = torch.from_numpy(own)
         if self.use_inter:
             inter = image.inter[rows, :k]
-            edges, weight, mask = star_edges(np.ones(len(rows), dtype=bool), inter,
-                                             image.inter_score[rows, :k])
-            batch.inter, batch.inter_edges = torch.from_numpy(inter), torch.from_numpy(edges)
-            batch.inter_weight, batch.inter_mask = torch.from_numpy(weight), torch.from_numpy(mask)
+            batch.inter = torch.from_numpy(inter)
+            batch.inter_edges, batch.inter_weight, batch.inter_mask = normalised_stars(
+                np.ones(len(rows), dtype=bool), inter, image.inter_score[rows, :k])
         if self.use_intra:
             intra = image.intra[rows, :k]
-            edges, weight, mask = star_edges(own >= 0, intra, image.intra_score[rows, :k])
-            batch.intra, batch.intra_edges = torch.from_numpy(intra), torch.from_numpy(edges)
-            batch.intra_weight, batch.intra_mask = torch.from_numpy(weight), torch.from_numpy(mask)
+            batch.intra = torch.from_numpy(intra)
+            batch.intra_edges, batch.intra_weight, batch.intra_mask = normalised_stars(
+                own >= 0, intra, image.intra_score[rows, :k])
+
+
+def normalised_stars(center_valid, leaf_rows, leaf_score):
+    """``star_edges`` normalised by ``gcn_norm`` (self-loops added), as tensors. Done here, on the
+    CPU while batching, so the device only runs the convolutions."""
+    edges, weight, mask = star_edges(center_valid, leaf_rows, leaf_score)
+    edges, weight = gcn_norm(torch.from_numpy(edges), torch.from_numpy(weight),
+                             num_nodes=mask.size)
+    return edges, weight, torch.from_numpy(mask)

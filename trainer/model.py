@@ -6,7 +6,7 @@ images -> attention + gate fusion -> emissions -> CRF.
 - InterRG: a star over the tweet's text node (a projection of the mean word state) and its K
   inter-modal neighbour images. IntraRG: a star over the tweet's own image node and its K
   intra-modal neighbours. Edge weights are the graph scores; ``gcn_norm`` adds self-loops and
-  normalises; ``gcn_layers`` GCN layers with ReLU. Without IntraRG the own image node is only
+  normalises (in the collator, on the CPU); ``gcn_layers`` GCN layers with ReLU. Without IntraRG the own image node is only
   projected (no graph); text-only has no image branch at all.
 - Fusion: tokens query the graph nodes (multi-head attention with a learned "nothing" slot whose
   value is zero, so a tweet without usable images gets no image vector), then
@@ -29,7 +29,7 @@ from pipeline.errors import MissingInput
 
 from .batches import SHAPE_FEATURES, Batch
 from .config import ModelConfig
-from .gcn import GCNLayer, gcn_norm
+from .gcn import GCNLayer
 
 FORMAT_VERSION = 1
 
@@ -87,7 +87,7 @@ class RelationGraph(nn.Module):
     """A star graph per example: a centre node and K neighbour images, through GCN layers.
 
     ``center`` (B, C) and ``leaves`` (B, K, D) -> node states (B, 1 + K, G); edges come from the
-    batch (``star_edges``) and are normalised with ``gcn_norm``.
+    batch already normalised (``batches.normalised_stars``: ``star_edges`` + ``gcn_norm``).
     """
 
     def __init__(self, center_dim: int | None, node_dim: int, dim: int, layers: int,
@@ -103,7 +103,6 @@ class RelationGraph(nn.Module):
         x = torch.cat([proj(center).unsqueeze(1), self.leaf_proj(leaves)], dim=1)
         batch, slots, dim = x.shape
         x = x.reshape(batch * slots, dim)
-        edge_index, edge_weight = gcn_norm(edge_index, edge_weight, batch * slots)
         for layer in self.layers:
             x = self.dropout(F.relu(layer(x, edge_index, edge_weight)))
         return x.view(batch, slots, dim)
