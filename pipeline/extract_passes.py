@@ -88,7 +88,7 @@ class _Done:
             self.event = torch.cuda.Event()
             self.event.record()
 
-    def write(self, views, writers, bar) -> None:
+    def write(self, views, writers, bar, shapes) -> None:
         if self.event is not None:
             self.event.synchronize()
         rows = self.batch["rows"]
@@ -101,7 +101,7 @@ class _Done:
             if host is not None and len(take) == len(rows):
                 full = host.numpy()
             else:
-                tail = tuple(host.shape[1:]) if host is not None else _tail(writers[view])
+                tail = tuple(host.shape[1:]) if host is not None else shapes()[view]
                 full = np.zeros((len(rows), *tail), dtype=writers[view].dtype)
                 if host is not None:
                     full[take] = host.numpy()
@@ -109,11 +109,19 @@ class _Done:
         bar.update(len(rows))
 
 
-def _tail(writer) -> tuple[int, ...]:
-    if "features" in writer.file:
-        return tuple(writer.file["features"].shape[1:])
-    raise RuntimeError("no image of the first batch could be decoded; the feature width is "
-                       "unknown")  # pragma: no cover - only when a whole first batch is broken
+class _Shapes:
+    """Each view's row shape, for a batch with no decodable image before any was written: the
+    model runs once on a blank image (only to learn the shapes; nothing of it is stored)."""
+
+    def __init__(self, forward, size: int, device: str):
+        self.forward, self.size, self.device, self.known = forward, size, device, None
+
+    def __call__(self) -> dict[str, tuple[int, ...]]:
+        if self.known is None:
+            blank = torch.zeros((1, 3, self.size, self.size), dtype=torch.uint8,
+                                device=self.device)
+            self.known = {k: tuple(v.shape[1:]) for k, v in self.forward(blank).items()}
+        return self.known
 
 
 def _image_pass(jobs, writers, encoder, dataset, config, run, progress) -> None:
@@ -126,13 +134,14 @@ def _image_pass(jobs, writers, encoder, dataset, config, run, progress) -> None:
     loader = image_batches(pending, [paths[r] for r in pending], spec, run["decode"],
                            config.batch_size, run["workers"], pin_memory=on_cuda)
     forward = _outputs(encoder, set(views))
+    shapes = _Shapes(forward, spec.size, run["device"])
     dtype = writers[views[0]].dtype
     with progress(total=len(pending), desc=f"images: {', '.join(views)}") as bar, \
             _InOrder() as background:
         for batch in loader:
             images, rows_ok, failed = materialize(batch, spec, run["device"])
             done = _Done(batch, rows_ok, failed, forward(images) if rows_ok else {}, dtype)
-            background.submit(done.write, views, writers, bar)
+            background.submit(done.write, views, writers, bar, shapes)
 
 
 class _InOrder:

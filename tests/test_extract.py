@@ -280,3 +280,17 @@ def test_cli_says_when_it_resumes_or_starts_a_broken_tmp_over(tiny_dir, tmp_path
     assert result.exit_code == 0
     assert f"{path.name}.tmp is unreadable (" in result.output
     assert "); starting it over\n" in result.output and "text          written" in result.output
+
+
+def test_a_first_batch_without_any_image_still_gets_rows_of_the_right_shape(tiny_dir, tmp_path,
+                                                                           image_dir):
+    images = tmp_path / "late"
+    images.mkdir()
+    shutil.copy(image_dir / "303.png", images / "303.png")     # only the last item has an image
+    result = extract("--data-dir", tiny_dir, "--artifacts", tmp_path, "--image-dir", images,
+                     "--workers", "0", "--batch-size", "4", "--quiet", "--views", "region_grid")
+    assert result.exit_code == 0, result.output
+    assert "valid 1, invalid: missing image 11\n" in result.output
+    grid = views_of(tmp_path)["region_grid"]
+    assert grid.features.shape == (12, 49, 1280) and grid.valid.tolist() == [False] * 11 + [True]
+    assert grid.features[-1].any() and not grid.features[:-1].any()
