@@ -133,6 +133,7 @@ def _not_built(issue: int):
 @click.option("--batch-size", type=int, default=None, help="Images per forward pass [default: 64].")
 @click.option("--workers", type=int, default=None, help="Decode processes [default: min(8, CPUs)].")
 @click.option("--keep-urls", is_flag=True, help="Keep URL tokens in the tweet text.")
+@click.option("--object-counts", is_flag=True, help="Caption objects: mention counts, not 0/1.")
 @click.option("--decode", type=click.Choice(["auto", "pil", "gpu"]), default=None,
               help="JPEG decoding: gpu = nvJPEG on CUDA with a PIL fallback [default: auto].")
 @device_option

@@ -294,3 +294,12 @@ def test_a_first_batch_without_any_image_still_gets_rows_of_the_right_shape(tiny
     grid = views_of(tmp_path)["region_grid"]
     assert grid.features.shape == (12, 49, 1280) and grid.valid.tolist() == [False] * 11 + [True]
     assert grid.features[-1].any() and not grid.features[:-1].any()
+
+
+def test_caption_objects_can_be_counts(tiny_dir, tmp_path, bert):
+    result = extract("--data-dir", tiny_dir, "--artifacts", tmp_path, "--quiet",
+                     "--views", "object_types", "--object-counts")
+    assert result.exit_code == 0, result.output
+    objects = views_of(tmp_path)["object_types"]
+    assert objects.attrs["config"]["counts"] is True
+    assert objects.rows(["101"])[0][0][0] == 2.0          # "a man ... at a crowd": person x2
