@@ -93,8 +93,9 @@ def get_spec(name: str, modality: str | None = None) -> EncoderSpec:
         spec = REGISTRY[name]
     elif Path(name).exists():
         path = str(Path(name).resolve())
-        spec = EncoderSpec(name=name, modality=modality or "text", library="transformers",
-                           identifier=path, space=f"sentence:{path}")
+        spec = _transport_copy_spec(Path(path)) or EncoderSpec(
+            name=name, modality=modality or "text", library="transformers", identifier=path,
+            space=f"sentence:{path}")
     elif name.startswith("hf:") and len(name) > 3:
         spec = EncoderSpec(name=name, modality="text", library="transformers",
                            identifier=name[3:], space=f"sentence:{name[3:]}")
@@ -106,6 +107,27 @@ def get_spec(name: str, modality: str | None = None) -> EncoderSpec:
         raise UnknownEncoder(f"encoder {name!r} is a {spec.modality} encoder, not {modality}; use "
                              f"one of {', '.join(encoder_names(modality))}")
     return spec
+
+
+def _transport_copy_spec(path: Path) -> EncoderSpec | None:
+    """A float16 transport copy (``python -m pipeline.packaged fp16``) of a registered encoder.
+
+    It keeps the registered name's space, so vectors from the copy and from the original can be
+    compared; its own weights fingerprint still tells the two apart in every artefact.
+    """
+    import json
+
+    manifest = path / "model.safetensors.manifest"
+    if not manifest.is_file():
+        return None
+    try:
+        registered = REGISTRY.get(json.loads(manifest.read_text())["encoder"]["name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if registered is None:
+        return None
+    return dataclasses.replace(registered, pretrained=f"float16 copy at {path}",
+                               locate=lambda: str(path))
 
 
 def model_location(spec: EncoderSpec) -> str:

@@ -193,6 +193,21 @@ def test_fp16_copy_loads_back_as_float32_or_bf16(tmp_path, tiny_model):
             assert torch.allclose(got, reference(input_ids=ids).last_hidden_state, atol=tol), dtype
 
 
+def test_a_copy_of_a_registered_encoder_keeps_its_space(tmp_path, wheels, monkeypatch):
+    model, find, _ = wheels
+    monkeypatch.setattr(packaged, "MPNET", model)
+    monkeypatch.setattr(packaged, "find_package", find)
+    monkeypatch.setenv("MNER_MODEL_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "mpnet-fp16"
+    transport.export_fp16("mpnet-base", out)
+    _, _, record = load_text_backbone(str(out))
+    assert record["spec"]["name"] == "mpnet-base"
+    assert record["spec"]["space"] == "sentence:mpnet-base"
+    assert record["location"] == str(out.resolve())
+    _, _, original = load_text_backbone("mpnet-base")
+    assert record["weights_sha256"] != original["weights_sha256"]   # fp16 is told apart
+
+
 def test_chunks_split_join_and_refuse_damage(tmp_path, tiny_model):
     out = tmp_path / "fp16"
     manifest = transport.export_fp16(str(tiny_model), out, chunk_mb=0.02)
