@@ -192,3 +192,18 @@ def test_an_fp16_encoder_copy_trains_with_fp32_weights(tiny_dir, tmp_path, tiny_
     run = next((tmp_path / "runs").iterdir())
     with safe_open(run / "model.safetensors", "pt") as weights:
         assert {weights.get_tensor(k).dtype for k in weights.keys()} == {torch.float32}
+
+
+def test_train_help_states_the_config_defaults():
+    """The CLI repeats the defaults in its help text; they must be the config's (defined there)."""
+    import re
+
+    text = " ".join(invoke("train", "-h").output.split())
+    segments = {part.split()[0]: part for part in text.split(" --")[1:]}
+    model, optim = ModelConfig(), OptimConfig()
+    expected = {"k": model.k, "epochs": optim.epochs, "encoder": model.encoder,
+                "batch-size": optim.batch_size, "lr-encoder": optim.lr_encoder,
+                "lr-head": optim.lr_head, "patience": optim.patience}
+    for option, value in expected.items():
+        stated = re.search(r"\[default: ([^\]]+?)\.?\]", segments[option]).group(1)
+        assert (float(stated) if isinstance(value, (int, float)) else stated) == value, option

@@ -99,7 +99,7 @@ class RelationGraph(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, center, leaves, edge_index, edge_weight) -> torch.Tensor:
-        proj = self.center_proj or self.leaf_proj
+        proj = self.leaf_proj if self.center_proj is None else self.center_proj  # intra: shared
         x = torch.cat([proj(center).unsqueeze(1), self.leaf_proj(leaves)], dim=1)
         batch, slots, dim = x.shape
         x = x.reshape(batch * slots, dim)
