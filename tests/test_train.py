@@ -207,3 +207,22 @@ def test_train_help_states_the_config_defaults():
     for option, value in expected.items():
         stated = re.search(r"\[default: ([^\]]+?)\.?\]", segments[option]).group(1)
         assert (float(stated) if isinstance(value, (int, float)) else stated) == value, option
+
+
+def test_a_run_folder_is_never_reused(tmp_path, monkeypatch):
+    import datetime as real
+
+    from pipeline.errors import CacheMismatch
+    from trainer import run
+
+    class Frozen(real.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2024, 5, 1, 12, 0, 0)
+    monkeypatch.setattr(run, "datetime", Frozen)
+    tmp, final = run.new_run_dir(tmp_path, "tiny-full-s1")
+    assert tmp.is_dir() and final.name == "20240501-120000-tiny-full-s1"
+    with pytest.raises(CacheMismatch) as err:
+        run.new_run_dir(tmp_path, "tiny-full-s1")
+    assert str(err.value) == (f"run folder {final} already exists; runs are never overwritten: "
+                              "wait a second or pass another --slug")
