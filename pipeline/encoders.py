@@ -126,7 +126,8 @@ def _transport_copy_spec(path: Path) -> EncoderSpec | None:
         return None
     if registered is None:
         return None
-    return dataclasses.replace(registered, pretrained=f"float16 copy at {path}",
+    return dataclasses.replace(registered, name=str(path),
+                               pretrained=f"float16 copy of {registered.name}",
                                locate=lambda: str(path))
 
 

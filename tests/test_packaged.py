@@ -201,7 +201,7 @@ def test_a_copy_of_a_registered_encoder_keeps_its_space(tmp_path, wheels, monkey
     out = tmp_path / "mpnet-fp16"
     transport.export_fp16("mpnet-base", out)
     _, _, record = load_text_backbone(str(out))
-    assert record["spec"]["name"] == "mpnet-base"
+    assert record["spec"]["pretrained"] == "float16 copy of mpnet-base"
     assert record["spec"]["space"] == "sentence:mpnet-base"
     assert record["location"] == str(out.resolve())
     _, _, original = load_text_backbone("mpnet-base")

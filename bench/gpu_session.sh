@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The commands that produced the GPU figures in README/RESULTS, as run on a lent H100/H200 machine
+# that has torch, transformers, h5py, pandas and click but no registry access. What it needs
+# travels in git-ignored folders: .whl/ (pytorch-crf, seqeval, efficientnet-lite-pytorch wheels),
+# .carry/data.tar.xz (the benchmark text), .carry/models/minilm-l6-fp16 (float16 MiniLM copy).
+#
+#   bash bench/gpu_session.sh setup features bench     # then, in a second call:
+#   bash bench/gpu_session.sh setup train
+#
+# Logs and JSON are packed into $OUT/gpu-results.tgz (bench/gpu-results.tgz without $OUT).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=/tmp/gpu-out
+mkdir -p "$out"
+trap 'tar czf "${OUT:-bench}/gpu-results.tgz" -C "$out" .' EXIT
+data=/tmp/mner-data/shared/data
+minilm=.carry/models/minilm-l6-fp16
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+
+setup() {
+    [ -d /tmp/site/torchcrf ] || python3 -m pip install -q --no-index --no-deps --no-compile \
+        --no-cache-dir --target /tmp/site .whl/*.whl
+    [ -d "$data" ] || { mkdir -p /tmp/mner-data && tar -C /tmp/mner-data -xJf .carry/data.tar.xz; }
+    if [ -d "$minilm" ] && [ ! -d /tmp/minilm-l6-fp16 ]; then cp -r "$minilm" /tmp/; fi
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+}
+
+features() {
+    for ds in twitter2017 twitter2015; do
+        python3 cli.py extract --data-dir "$data/$ds" --text-encoder /tmp/minilm-l6-fp16 --quiet
+        python3 cli.py build-graphs --data-dir "$data/$ds" --quiet
+    done 2>&1 | tee "$out/features.log"
+}
+
+bench() {
+    python3 bench/bench_graphs.py --device cuda --sizes 10000,100000,1000000 \
+        --out "$out/graphs.json" 2>&1 | tee "$out/bench-graphs.log"
+    python3 bench/bench_extract.py --device cuda --images 8192 --batch-size 256 --workers 16 \
+        --out "$out/extract.json" 2>&1 | tee "$out/bench-extract.log"
+    python3 bench/bench_train.py --device cuda --data-dir "$data/twitter2017" \
+        --encoder /tmp/minilm-l6-fp16 --out "$out/train.json" 2>&1 | tee "$out/bench-train.log"
+}
+
+# Every training at once, spread round-robin over the GPUs (small models leave a GPU mostly idle).
+# DATASETS, VARIANTS (';'-separated flag sets, "" = full model) and SEEDS choose the matrix.
+train() {
+    local gpus i=0 datasets=${DATASETS:-twitter2017} seeds=${SEEDS:-1 2 3}
+    local IFS_old=$IFS variants
+    gpus=$(nvidia-smi -L | wc -l)
+    IFS=';' read -r -a variants <<<"${VARIANTS:-;--text-only}"
+    IFS=$IFS_old
+    for ds in $datasets; do
+        for variant in "${variants[@]}"; do
+            for seed in $seeds; do
+                name="train-$ds${variant// /}-s$seed"
+                python3 cli.py train --data-dir "$data/$ds" --encoder "${ENCODER:-/tmp/minilm-l6-fp16}" \
+                    $variant --seeds "$seed" --device "cuda:$((i % gpus))" --quiet \
+                    > "$out/$name.log" 2>&1 &
+                i=$((i + 1))
+            done
+        done
+    done
+    wait
+    tail -n 12 "$out"/train-*.log
+    tar czf "$out/runs.tgz" --exclude='*.safetensors' artifacts/runs
+}
+
+for stage in "$@"; do "$stage"; done
