@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -64,6 +65,8 @@ def code_version() -> dict[str, str | bool | None]:
                                     timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         sha, dirty = None, None
+    if sha is not None and not re.fullmatch(r"[0-9a-f]{40}", sha):
+        sha = None          # a copy of the tree without git history answers "HEAD"
     from . import __version__
     return {"package": __version__, "git_sha": sha, "git_dirty": dirty if sha else None}
 
