@@ -116,3 +116,32 @@ def test_manifest_lists_the_views_and_says_how_to_make_it(tmp_path):
     assert path == tmp_path / "features" / "toy" / "text-ffffffffffff.h5"
     write_manifest(tmp_path, "toy", {"text": {"file": path.name, "fingerprint": FP}})
     assert load_manifest(tmp_path, "toy") == {"text": path}
+
+
+def test_rows_go_straight_into_their_chunks_across_chunk_edges_and_resume(tmp_path, monkeypatch):
+    import pipeline.features as features
+    monkeypatch.setattr(features, "TARGET_CHUNK_BYTES", 3 * 4 * 2)     # 3 rows of (2, 2) float16
+    ids = [f"i{k}" for k in range(11)]
+    values = np.arange(11 * 4, dtype=np.float32).reshape(11, 2, 2) / 8
+    writer = FeatureWriter(tmp_path / "x.h5", ids, ATTRS, np.float16)
+    writer.write([1, 2, 3, 4, 7], values[[1, 2, 3, 4, 7]], [True] * 5, [""] * 5)
+    assert writer.raw is not None and writer.file["features"].chunks == (3, 2, 2)
+    writer.close()
+    again = FeatureWriter(tmp_path / "x.h5", ids, ATTRS, np.float16)
+    again.write([0, 5, 6, 8, 9, 10], values[[0, 5, 6, 8, 9, 10]], [True] * 6, [""] * 6)
+    assert again.raw is not None
+    got = read_features(again.finish())
+    assert np.array_equal(got.features, values.astype(np.float16).astype(np.float32))
+
+
+def test_a_tmp_from_the_h5py_writer_resumes_through_h5py(tmp_path):
+    final = tmp_path / "x.h5"
+    writer = FeatureWriter(final, IDS, ATTRS)
+    writer.file.create_dataset("features", shape=(5, 3), dtype=np.float32, chunks=(2, 3))
+    writer.write([0, 1, 2], rows_of([0, 1, 2]), [True] * 3, [""] * 3)
+    assert writer.raw is None                   # chunks allocated as written: no fixed places
+    writer.close()
+    again = FeatureWriter(final, IDS, ATTRS)
+    again.write([3, 4], rows_of([3, 4]), [True, True], ["", ""])
+    assert again.raw is None
+    assert read_features(again.finish()).features[:, 0].tolist() == [0, 1, 2, 3, 4]
