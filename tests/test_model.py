@@ -14,7 +14,8 @@ from pipeline.labels import entities, label_list
 from tagger_fixtures import tiny_dataset, tiny_encoder, tiny_image_inputs  # noqa: F401 (fixtures)
 from trainer.batches import SHAPE_FEATURES, Collator, encode, word_shape
 from trainer.config import ModelConfig
-from trainer.model import Tagger, allowed_transitions, viterbi
+from trainer.crf import allowed_transitions, log_likelihood, viterbi
+from trainer.model import Tagger
 
 LABELS = label_list()
 LABEL2ID = {t: i for i, t in enumerate(LABELS)}
@@ -82,19 +83,19 @@ def test_every_ablation_runs_and_changes_the_model(name, tiny_encoder, tiny_data
         assert count(model) == count(full)
     else:
         assert count(model) < count(full) or inputs(batch) != inputs(full_batch)
-    if name in ("no-inter", "no-graphs", "text-only"):
-        assert batch.inter is None
-    if name in ("no-intra", "no-graphs", "text-only"):
-        assert batch.intra is None
+    slots = {"full": 7, "no-inter": 4, "no-intra": 4, "no-graphs": 1, "no-gate": 7, "no-shape": 7}
     if name == "text-only":
-        assert batch.own is None and model.image is None
+        assert batch.nodes is None and model.image is None
+    else:  # own image + 3 neighbours per relation in use
+        assert batch.nodes.shape[1] == slots[name]
+        assert (batch.edges is None) == (name == "no-graphs")
 
 
 def test_region_grids_are_pooled_by_attention_or_mean(tiny_encoder, tiny_dataset):
     image = tiny_image_inputs(tiny_dataset, dim=5, regions=4, k=3)
     for pool in ("attention", "mean"):
         model, batch, _ = build(tiny_encoder, tiny_dataset, image, region_pool=pool)
-        assert batch.intra_x.shape[-2:] == (4, 5)
+        assert batch.nodes_x.shape[-2:] == (4, 5)
         assert torch.isfinite(model.loss(batch))
 
 
@@ -109,7 +110,7 @@ def test_masked_neighbours_and_invalid_images_never_reach_the_output(tiny_encode
     _, batch2, _ = build(tiny_encoder, tiny_dataset, image)
     torch.testing.assert_close(model.emissions(batch2), before)
     # ... while a real neighbour's features do matter
-    used = int(batch.inter[1, 0])
+    used = int(batch.nodes[1, 0])   # example 1's first inter-modal neighbour
     image.table[used] += 3.0
     _, batch3, _ = build(tiny_encoder, tiny_dataset, image)
     assert not torch.allclose(model.emissions(batch3)[1], before[1])
@@ -164,3 +165,25 @@ def test_allowed_transitions_follow_bio():
     assert start[i("B-PER")] and start[i("O")] and not start[i("I-PER")]
     assert trans[i("B-PER"), i("I-PER")] and trans[i("I-PER"), i("I-PER")]
     assert not trans[i("O"), i("I-PER")] and not trans[i("B-LOC"), i("I-PER")]
+
+
+@pytest.mark.parametrize("length", [1, 2, 5, 8, 13])
+def test_batched_crf_likelihood_equals_pytorch_crf(length):
+    from torchcrf import CRF
+    torch.manual_seed(length)
+    crf = CRF(5, batch_first=True).double()
+    for p in crf.parameters():
+        torch.nn.init.normal_(p)
+    emissions = torch.randn(4, length, 5, dtype=torch.float64, requires_grad=True)
+    tags = torch.randint(0, 5, (4, length))
+    lengths = torch.tensor([length, max(1, length - 1), 1, max(1, length // 2)])
+    mask = torch.arange(length)[None] < lengths[:, None]
+    params = [emissions, crf.start_transitions, crf.transitions, crf.end_transitions]
+    reference = crf(emissions, tags, mask, reduction="none")
+    ours = log_likelihood(emissions, tags, mask, *params[1:])
+    torch.testing.assert_close(ours, reference)
+    expected = torch.autograd.grad(reference.sum(), params, allow_unused=True)
+    got = torch.autograd.grad(ours.sum(), params, allow_unused=True)
+    for e, g in zip(expected, got):
+        if e is not None:
+            torch.testing.assert_close(g, e)

@@ -155,10 +155,18 @@ def star_edges(center_valid: np.ndarray, leaf_rows: np.ndarray, leaf_score: np.n
 class Batch:
     """A padded batch. Text: ``input_ids``/``attention_mask`` (B, S); ``word_index`` (B, W) the
     first-subword position of each word, ``word_mask`` (B, W); ``shape`` (B, W, F); ``labels``
-    (B, W). Image side (None when unused): row indices into the node table (``own`` (B,),
-    ``inter``/``intra`` (B, K)), normalised star-graph edges (self-loops included) and slot masks;
-    after ``to`` the gathered node
-    features ``own_x`` (B, ...), ``inter_x``/``intra_x`` (B, K, ...)."""
+    (B, W); ``positions`` (B,) the examples of the split (stays on the CPU).
+
+    Image side (None for a text-only model), laid out so that a step needs few device kernels:
+    ``nodes`` (B, [K +] 1 [+ K]) rows of the node table: the inter-modal neighbours (with
+    InterRG), the own image, the intra-modal neighbours (with IntraRG); missing ones point at row
+    0 and are masked. ``node_mask`` (B, 1 + N) what the tokens may attend to: the "nothing" slot
+    (always), then the InterRG nodes (text centre + K), then the IntraRG nodes (own image + K) or,
+    without IntraRG, the own image. ``edges`` (2, E) / ``edge_weight`` (E,): the normalised star
+    graphs of InterRG (the first ``inter_edges`` columns) then IntraRG, each numbered within its own
+    relation. ``text_weight`` (B, W): 1 / words on each word (InterRG's text node is the mean).
+    After ``to``: ``nodes_x`` (B, slots, ...) the gathered node features.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -166,22 +174,18 @@ class Batch:
     word_mask: torch.Tensor
     shape: torch.Tensor
     labels: torch.Tensor
-    positions: torch.Tensor                    # which examples of the split, in batch order
-    own: torch.Tensor | None = None
-    inter: torch.Tensor | None = None
-    inter_edges: torch.Tensor | None = None
-    inter_weight: torch.Tensor | None = None
-    inter_mask: torch.Tensor | None = None
-    intra: torch.Tensor | None = None
-    intra_edges: torch.Tensor | None = None
-    intra_weight: torch.Tensor | None = None
-    intra_mask: torch.Tensor | None = None
-    own_x: torch.Tensor | None = None
-    inter_x: torch.Tensor | None = None
-    intra_x: torch.Tensor | None = None
+    positions: torch.Tensor
+    nodes: torch.Tensor | None = None
+    node_mask: torch.Tensor | None = None
+    edges: torch.Tensor | None = None
+    edge_weight: torch.Tensor | None = None
+    inter_edges: int = 0
+    text_weight: torch.Tensor | None = None
+    nodes_x: torch.Tensor | None = None
 
     def _map(self, fn) -> "Batch":
-        return Batch(**{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+        return Batch(**{f.name: getattr(self, f.name) if not torch.is_tensor(getattr(self, f.name))
+                        or f.name == "positions" else fn(getattr(self, f.name))
                         for f in fields(self)})
 
     def pin_memory(self) -> "Batch":
@@ -190,12 +194,8 @@ class Batch:
     def to(self, device, table: torch.Tensor | None = None) -> "Batch":
         """Move to ``device`` and gather node features from ``table`` (already on ``device``)."""
         out = self._map(lambda t: t.to(device, non_blocking=True))
-        if table is not None and out.own is not None:
-            out.own_x = table[out.own.clamp(min=0)]
-            if out.inter is not None:
-                out.inter_x = table[out.inter.clamp(min=0)]
-            if out.intra is not None:
-                out.intra_x = table[out.intra.clamp(min=0)]
+        if table is not None and out.nodes is not None:
+            out.nodes_x = table[out.nodes]
         return out
 
 
@@ -242,25 +242,35 @@ class Collator:
         return batch
 
     def _add_image(self, batch: Batch, rows: np.ndarray) -> None:
-        image, k = self.image, self.k
+        image, k, size = self.image, self.k, len(rows)
         own = image.own[rows]
-        batch.own = torch.from_numpy(own)
+        columns, masks, edges, weights = [], [np.ones((size, 1), bool)], [], []
         if self.use_inter:
             inter = image.inter[rows, :k]
-            batch.inter = torch.from_numpy(inter)
-            batch.inter_edges, batch.inter_weight, batch.inter_mask = normalised_stars(
-                np.ones(len(rows), dtype=bool), inter, image.inter_score[rows, :k])
+            edge, weight, mask = star_edges(np.ones(size, dtype=bool), inter,
+                                            image.inter_score[rows, :k])
+            columns.append(inter)
+            masks.append(mask)
+            edges.append(edge)
+            weights.append(weight)
+            words = batch.word_mask.numpy()
+            batch.text_weight = torch.from_numpy(
+                (words / words.sum(1, keepdims=True)).astype(np.float32))
+        columns.append(own[:, None])
         if self.use_intra:
             intra = image.intra[rows, :k]
-            batch.intra = torch.from_numpy(intra)
-            batch.intra_edges, batch.intra_weight, batch.intra_mask = normalised_stars(
-                own >= 0, intra, image.intra_score[rows, :k])
-
-
-def normalised_stars(center_valid, leaf_rows, leaf_score):
-    """``star_edges`` normalised by ``gcn_norm`` (self-loops added), as tensors. Done here, on the
-    CPU while batching, so the device only runs the convolutions."""
-    edges, weight, mask = star_edges(center_valid, leaf_rows, leaf_score)
-    edges, weight = gcn_norm(torch.from_numpy(edges), torch.from_numpy(weight),
-                             num_nodes=mask.size)
-    return edges, weight, torch.from_numpy(mask)
+            edge, weight, mask = star_edges(own >= 0, intra, image.intra_score[rows, :k])
+            columns.append(intra)
+            masks.append(mask)
+            edges.append(edge)
+            weights.append(weight)
+        else:
+            masks.append((own >= 0)[:, None])
+        batch.nodes = torch.from_numpy(np.maximum(np.concatenate(columns, axis=1), 0))
+        batch.node_mask = torch.from_numpy(np.concatenate(masks, axis=1))
+        if edges:
+            normalised = [gcn_norm(torch.from_numpy(e), torch.from_numpy(w), size * (k + 1))
+                          for e, w in zip(edges, weights)]
+            batch.edges = torch.cat([e for e, _ in normalised], dim=1)
+            batch.edge_weight = torch.cat([w for _, w in normalised])
+            batch.inter_edges = normalised[0][0].shape[1] if self.use_inter else 0

@@ -53,6 +53,6 @@ class GCNLayer(nn.Module):
                 edge_weight: torch.Tensor) -> torch.Tensor:
         h = self.lin(x)
         source, target = edge_index
-        messages = h.index_select(0, source) * edge_weight.to(h.dtype).unsqueeze(-1)
-        out = h.new_zeros(h.shape).index_add_(0, target, messages)
-        return out if self.bias is None else out + self.bias.to(out.dtype)
+        messages = h.index_select(0, source) * edge_weight.unsqueeze(-1)  # in the weights' dtype
+        out = messages.new_zeros(h.shape).index_add_(0, target, messages)
+        return out if self.bias is None else out + self.bias

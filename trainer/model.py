@@ -6,8 +6,9 @@ images -> attention + gate fusion -> emissions -> CRF.
 - InterRG: a star over the tweet's text node (a projection of the mean word state) and its K
   inter-modal neighbour images. IntraRG: a star over the tweet's own image node and its K
   intra-modal neighbours. Edge weights are the graph scores; ``gcn_norm`` adds self-loops and
-  normalises (in the collator, on the CPU); ``gcn_layers`` GCN layers with ReLU. Without IntraRG the own image node is only
-  projected (no graph); text-only has no image branch at all.
+  normalises (in the collator, on the CPU); ``gcn_layers`` GCN layers with ReLU. Without IntraRG
+  the own image node is only projected (no graph); text-only has no image branch at all.
+- CRF: pytorch-crf's parameters; likelihood and decoding batched on the device (``crf.py``).
 - Fusion: tokens query the graph nodes (multi-head attention with a learned "nothing" slot whose
   value is zero, so a tweet without usable images gets no image vector), then
   ``h + g * v`` with ``g = sigmoid(W [h; v])`` (or ``h + v`` without the gate).
@@ -29,44 +30,10 @@ from pipeline.errors import MissingInput
 
 from .batches import SHAPE_FEATURES, Batch
 from .config import ModelConfig
+from .crf import allowed_transitions, log_likelihood, viterbi
 from .gcn import GCNLayer
 
 FORMAT_VERSION = 1
-
-
-def allowed_transitions(labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """BIO constraints: ``start`` (L,) and ``trans`` (L, L) bool; ``I-X`` only after ``B-X`` or
-    ``I-X``."""
-    def ok(prev: str | None, tag: str) -> bool:
-        return not tag.startswith("I-") or (
-            prev is not None and prev != "O" and prev[2:] == tag[2:])
-    start = torch.tensor([ok(None, t) for t in labels])
-    trans = torch.tensor([[ok(p, t) for t in labels] for p in labels])
-    return start, trans
-
-
-def viterbi(emissions, mask, start, trans, end) -> torch.Tensor:
-    """Best tag path per sequence, batched on the device. ``emissions`` (B, T, L) float, ``mask``
-    (B, T) bool with the first position on, ``start``/``end`` (L,), ``trans`` (L, L) scores
-    (previous x next). Returns (B, T) int64; positions past each length are undefined."""
-    batch, length, _ = emissions.shape
-    score = start + emissions[:, 0]
-    history = []
-    for t in range(1, length):
-        best, index = (score.unsqueeze(2) + trans + emissions[:, t].unsqueeze(1)).max(dim=1)
-        score = torch.where(mask[:, t].unsqueeze(1), best, score)
-        history.append(index)
-    last = (score + end).argmax(dim=1)
-    ends = mask.sum(dim=1) - 1
-    out = torch.zeros(batch, length, dtype=torch.long, device=emissions.device)
-    current = last
-    for t in range(length - 1, -1, -1):
-        current = torch.where(ends == t, last, current)
-        out[:, t] = current
-        if t > 0:
-            previous = history[t - 1].gather(1, current.unsqueeze(1)).squeeze(1)
-            current = torch.where(ends >= t, previous, current)
-    return out
 
 
 class RegionPool(nn.Module):
@@ -86,46 +53,48 @@ class RegionPool(nn.Module):
 class RelationGraph(nn.Module):
     """A star graph per example: a centre node and K neighbour images, through GCN layers.
 
-    ``center`` (B, C) and ``leaves`` (B, K, D) -> node states (B, 1 + K, G); edges come from the
-    batch already normalised (``batches.normalised_stars``: ``star_edges`` + ``gcn_norm``).
+    ``nodes`` (B, 1 + K, D) with the centre at slot 0, or, when the centre lives in another space
+    (InterRG: the text), ``nodes`` (B, K, D) plus ``center`` (B, C) -> node states (B, 1 + K, G).
+    Edges come with the batch, normalised (``star_edges`` + ``gcn_norm`` in ``batches.Collator``).
+    ReLU after each layer, dropout between layers.
     """
 
     def __init__(self, center_dim: int | None, node_dim: int, dim: int, layers: int,
                  dropout: float):
         super().__init__()
-        self.leaf_proj = nn.Linear(node_dim, dim)
+        self.node_proj = nn.Linear(node_dim, dim)
         self.center_proj = nn.Linear(center_dim, dim) if center_dim is not None else None
         self.layers = nn.ModuleList(GCNLayer(dim, dim) for _ in range(layers))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, center, leaves, edge_index, edge_weight) -> torch.Tensor:
-        proj = self.leaf_proj if self.center_proj is None else self.center_proj  # intra: shared
-        x = torch.cat([proj(center).unsqueeze(1), self.leaf_proj(leaves)], dim=1)
+    def forward(self, nodes, edge_index, edge_weight, center=None) -> torch.Tensor:
+        x = self.node_proj(nodes)
+        if self.center_proj is not None:
+            x = torch.cat([self.center_proj(center).unsqueeze(1), x], dim=1)
         batch, slots, dim = x.shape
         x = x.reshape(batch * slots, dim)
-        for layer in self.layers:
-            x = self.dropout(F.relu(layer(x, edge_index, edge_weight)))
+        for i, layer in enumerate(self.layers):
+            x = F.relu(layer(self.dropout(x) if i else x, edge_index, edge_weight))
         return x.view(batch, slots, dim)
 
 
 class NodeAttention(nn.Module):
-    """Tokens (B, W, H) attend over nodes (B, N, G) with mask (B, N) plus an always-present slot
-    with a learned key and a zero value ("no image information") -> (B, W, H)."""
+    """Tokens (B, W, H) attend over nodes (B, N, G) plus an always-present first slot with a
+    learned key and a zero value ("no image information"); ``node_mask`` (B, 1 + N) -> (B, W, H)."""
 
     def __init__(self, hidden: int, dim: int, heads: int, dropout: float):
         super().__init__()
         self.heads, self.dropout = heads, dropout
-        self.q, self.k, self.v = nn.Linear(hidden, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.q, self.kv = nn.Linear(hidden, dim), nn.Linear(dim, 2 * dim)
         self.null_key = nn.Parameter(torch.zeros(dim))
         self.out = nn.Linear(dim, hidden)
 
     def forward(self, h, nodes, node_mask) -> torch.Tensor:
         batch, words, _ = h.shape
-        keys = self.k(nodes)
+        keys, values = self.kv(nodes).chunk(2, dim=-1)
         keys = torch.cat([self.null_key.to(keys.dtype).expand(batch, 1, -1), keys], dim=1)
-        values = self.v(nodes)
         values = torch.cat([values.new_zeros(batch, 1, values.shape[-1]), values], dim=1)
-        mask = torch.cat([node_mask.new_ones(batch, 1), node_mask], dim=1)
+        mask = node_mask          # its first column is the "nothing" slot, always on
 
         def split(x):  # (B, N, G) -> (B, heads, N, G / heads)
             return x.view(batch, x.shape[1], self.heads, -1).transpose(1, 2)
@@ -149,28 +118,23 @@ class ImageBranch(nn.Module):
         self.own = None if config.intra else nn.Sequential(nn.Linear(node_dim, dim), nn.ReLU())
         self.attend = NodeAttention(hidden, dim, config.heads, config.dropout)
         self.gate = nn.Linear(2 * hidden, hidden) if config.gate else None
+        self.k = config.k
 
-    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.pool is None else self.pool(x)
-
-    def forward(self, h: torch.Tensor, word_mask: torch.Tensor, batch: Batch) -> torch.Tensor:
-        nodes, masks = [], []
+    def forward(self, h: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Word states ``h`` (B, W, H) -> fused states (B, W, H); see ``Batch`` for the layout."""
+        x = batch.nodes_x if self.pool is None else self.pool(batch.nodes_x)   # (B, slots, D)
+        split, own = batch.inter_edges, self.k if self.inter is not None else 0
+        nodes = []
         if self.inter is not None:
-            weights = word_mask.unsqueeze(-1).to(h.dtype)
-            text = (h * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-            nodes.append(self.inter(text, self._pooled(batch.inter_x), batch.inter_edges,
-                                    batch.inter_weight))
-            masks.append(batch.inter_mask)
-        own = self._pooled(batch.own_x)
-        if self.intra is not None:
-            nodes.append(self.intra(own, self._pooled(batch.intra_x), batch.intra_edges,
-                                    batch.intra_weight))
-            masks.append(batch.intra_mask)
+            text = (h * batch.text_weight.unsqueeze(-1)).sum(1)
+            nodes.append(self.inter(x[:, :own], batch.edges[:, :split],
+                                    batch.edge_weight[:split], center=text))
+        if self.intra is not None:   # the own image and its neighbours: slots own .. own + K
+            nodes.append(self.intra(x[:, own:], batch.edges[:, split:], batch.edge_weight[split:]))
         else:
-            nodes.append(self.own(own).unsqueeze(1))
-            masks.append((batch.own >= 0).unsqueeze(1))
-        nodes = torch.cat(nodes, dim=1)
-        v = self.attend(h, nodes.to(h.dtype), torch.cat(masks, dim=1))
+            nodes.append(self.own(x[:, own:own + 1]))
+        v = self.attend(h, torch.cat(nodes, dim=1) if len(nodes) > 1 else nodes[0],
+                        batch.node_mask)
         if self.gate is None:
             return h + v
         return h + torch.sigmoid(self.gate(torch.cat([h, v], dim=-1))) * v
@@ -211,13 +175,14 @@ class Tagger(nn.Module):
         if self.shape is not None:
             h = h + self.shape(batch.shape.to(h.dtype))
         if self.image is not None:
-            h = self.image(h, batch.word_mask, batch)
+            h = self.image(h, batch)
         return self.emit(self.dropout(h)).float()
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Mean over the batch of the CRF negative log-likelihood of the gold word tags."""
-        emissions = self.emissions(batch)
-        return -self.crf(emissions, batch.labels, mask=batch.word_mask, reduction="mean")
+        crf = self.crf
+        return -log_likelihood(self.emissions(batch), batch.labels, batch.word_mask,
+                               crf.start_transitions, crf.transitions, crf.end_transitions).mean()
 
     @torch.no_grad()
     def decode(self, batch: Batch) -> torch.Tensor:
