@@ -1,10 +1,12 @@
 """The work loops of ``extract``: one pass over the images per image model, one over texts per job.
 
-Image passes decode in DataLoader workers (pipeline/images.py), run the model in batches and write
-every view of that model from the same forward pass; on CUDA the copy of batch i to the host and
-its HDF5 write overlap the forward pass of batch i + 1. Every batch is written and marked done
-before the progress bar moves, so an interrupted run resumes from the last finished batch, and the
-batches of a resumed run are the same as a fresh run's (same rows, same results).
+Image passes read (and, off the GPU route, decode) in DataLoader workers, decode and resize on a
+thread of their own (pipeline/images.py ``DecodeAhead``), run the model in batches and write every
+view of that model from the same forward pass. On CUDA these overlap: the decode of batch i + 1
+(its own stream), the forward pass of batch i, the copy of batch i - 1 to the host (a copy
+stream) and the HDF5 write of earlier batches (the writer thread). Every batch is written and
+marked done before the progress bar moves, so an interrupted run resumes from the last finished
+batch, and the batches of a resumed run are the same as a fresh run's (same rows, same results).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 
 from .encoders import load_encoder
 from .features import FeatureWriter, read_features
-from .images import DecodeSpec, image_batches, materialize
+from .images import DecodeAhead, DecodeSpec, image_batches
 from .objects import caption_object_matrix, coco_prompts, imagenet_phrase
 from .progress import no_progress
 
@@ -77,16 +79,25 @@ def _outputs(encoder, views: set[str]):
 
 
 class _Done:
-    """A computed batch on its way to the host (the copy may still be running on CUDA)."""
+    """A computed batch on its way to the host. On CUDA the copy runs on ``copier`` (a stream of
+    its own, so the next forward pass does not wait for it) into pinned memory; ``write`` waits
+    for it on the writer thread."""
 
-    def __init__(self, batch: dict, rows_ok: list[int], failed: dict, outputs: dict, dtype):
+    def __init__(self, batch: dict, rows_ok: list[int], failed: dict, outputs: dict, dtype,
+                 copier=None):
         self.batch, self.rows_ok, self.failed = batch, rows_ok, failed
         cast = torch.float16 if dtype == np.float16 else torch.float32
-        self.host = {k: v.to(cast).to("cpu", non_blocking=True) for k, v in outputs.items()}
+        outputs = {k: v.to(cast) for k, v in outputs.items()}
         self.event = None
-        if outputs and next(iter(outputs.values())).is_cuda:
-            self.event = torch.cuda.Event()
-            self.event.record()
+        if not outputs or not next(iter(outputs.values())).is_cuda:
+            self.host = {k: v.cpu() for k, v in outputs.items()}
+            return
+        copier.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(copier):
+            self.host = {k: v.to("cpu", non_blocking=True) for k, v in outputs.items()}
+            for value in outputs.values():
+                value.record_stream(copier)
+            self.event = copier.record_event()
 
     def write(self, views, writers, bar, shapes) -> None:
         if self.event is not None:
@@ -136,17 +147,18 @@ def _image_pass(jobs, writers, encoder, dataset, config, run, progress) -> None:
     forward = _outputs(encoder, set(views))
     shapes = _Shapes(forward, spec.size, run["device"])
     dtype = writers[views[0]].dtype
+    copier = torch.cuda.Stream(torch.device(run["device"])) if on_cuda else None
     with progress(total=len(pending), desc=f"images: {', '.join(views)}") as bar, \
-            _InOrder() as background:
-        for batch in loader:
-            images, rows_ok, failed = materialize(batch, spec, run["device"])
-            done = _Done(batch, rows_ok, failed, forward(images) if rows_ok else {}, dtype)
+            _InOrder() as background, DecodeAhead(loader, spec, run["device"]) as batches:
+        for batch, images, rows_ok, failed in batches:
+            done = _Done(batch, rows_ok, failed, forward(images) if rows_ok else {}, dtype,
+                         copier)
             background.submit(done.write, views, writers, bar, shapes)
 
 
 class _InOrder:
-    """Runs writes on one background thread, in order, at most ``depth`` waiting (h5py releases
-    the GIL while writing, so the GPU keeps being fed); nothing runs after the first failure,
+    """Runs writes on one background thread, in order, at most ``depth`` waiting (the writes let
+    the GIL go, so the GPU keeps being fed); nothing runs after the first failure,
     and leaving the block waits for what was started."""
 
     def __init__(self, depth: int = 2):

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.images import (DecodeSpec, decode_file, gpu_decodable, image_batches, materialize,
-                             resize_tensor)
+import pipeline.images as images_module
+from pipeline.images import (DecodeAhead, DecodeSpec, decode_file, gpu_decodable, image_batches,
+                             materialize, resize_batch, resize_tensor)
 from tiny_models import exif_rotated_jpeg, gradient, halves, jpeg_bytes, odd_images
 
 SPEC = DecodeSpec(16)
@@ -135,3 +136,67 @@ def test_gpu_route_batches_agree_with_pil_and_carry_failures(odd, tmp_path, work
 def test_exif_jpeg_bytes_really_carry_the_orientation():
     img = Image.open(io.BytesIO(exif_rotated_jpeg()))
     assert img.size == (40, 20) and img.getexif()[0x0112] == 6
+
+
+@pytest.mark.parametrize("spec", [DecodeSpec(8), DecodeSpec(8, "shortest+center_crop", "bicubic")])
+def test_a_batch_resize_equals_resizing_each_image(spec, monkeypatch):
+    monkeypatch.setattr(images_module, "GROUP_ELEMENTS", 2 * 3 * 30 * 40)   # split the groups
+    rng = np.random.default_rng(0)
+    sizes = [(30, 40), (17, 23), (30, 40), (40, 30), (30, 40), (17, 23), (30, 40), (9, 9)]
+    batch = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in sizes]
+    calls = []
+    real = images_module._interpolate
+    monkeypatch.setattr(images_module, "_interpolate",
+                        lambda x, how: calls.append(len(x)) or real(x, how))
+    out = resize_batch(batch, spec)
+    assert sorted(calls) == [1, 1, 2, 2, 2]      # one call per size and 2 images of 30 x 40 each
+    monkeypatch.setattr(images_module, "_interpolate", real)
+    assert out.dtype == torch.uint8 and out.shape == (len(batch), 3, 8, 8)
+    for k, img in enumerate(batch):
+        assert torch.equal(out[k], resize_tensor(img, spec)), k
+
+
+def test_a_jpeg_nvjpeg_refuses_is_decoded_by_pil_and_keeps_its_place(odd, monkeypatch):
+    real = images_module.decode_jpegs
+    monkeypatch.setattr(images_module, "decode_jpegs",
+                        lambda blobs, device: [None, *real(blobs[1:], device)])
+    paths = [odd["rgb"], odd["cmyk"], odd["gray"], odd["corrupt"], odd["rgb"]]
+    batch = next(iter(image_batches([0, 1, 2, 3, 4], paths, SPEC, "gpu", 5, 0)))
+    assert batch["jpeg_rows"] == [0, 2, 4] and batch["pixel_rows"] == [1]
+    images, rows, failed = materialize(batch, SPEC, "cpu")
+    assert rows == [0, 1, 2, 4] and list(failed) == [3]
+    for k, row in enumerate(rows):
+        expected, reason, _ = decode_file(paths[row], SPEC)
+        diff = (images[k].float() - expected.float()).abs().mean()
+        assert diff < (0.01 if row in (0, 1) else 4), (row, diff)    # 0 and 1 went through PIL
+
+
+class Failing:
+    """A loader that gives its batches, then raises."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        yield from self.batches
+        raise OSError("disk gone")
+
+
+def test_decode_ahead_gives_the_batches_in_order_and_reraises_in_the_caller(odd):
+    paths = [odd[n] for n in ("rgb", "cmyk", "gray", "corrupt", "palette", "rgb", "anim")]
+    rows = list(range(len(paths)))
+    batches = list(image_batches(rows, paths, SPEC, "gpu", 3, 0))
+    with DecodeAhead(batches, SPEC, "cpu", depth=1) as ahead:
+        got = list(ahead)
+    assert [b["rows"] for b, *_ in got] == [[0, 1, 2], [3, 4, 5], [6]]
+    for (batch, images, ok, failed), original in zip(got, batches):
+        expected = materialize(original, SPEC, "cpu")
+        assert torch.equal(images, expected[0]) and ok == expected[1] and failed == expected[2]
+    seen = []
+    with pytest.raises(OSError, match="disk gone"):
+        with DecodeAhead(Failing(batches), SPEC, "cpu") as ahead:
+            seen.extend(batch["rows"] for batch, *_ in ahead)
+    assert seen == [[0, 1, 2], [3, 4, 5], [6]]
+    with DecodeAhead(batches * 4, SPEC, "cpu", depth=1) as ahead:
+        next(iter(ahead))                 # the caller stops early: the thread must not hang
+    assert not ahead.thread.is_alive()
