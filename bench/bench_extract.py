@@ -1,22 +1,29 @@
-"""Images/s of the whole ``extract`` (JPEG files on disk -> HDF5) against its two limits, one run.
+"""Images/s of the whole ``extract`` (JPEG files on disk -> HDF5) against its limits, one run.
 
 For each CNN (random weights: the speed does not depend on them) it measures on the same images:
 
-- bare JPEG decoding + resize to 224: PIL in ``--workers`` DataLoader processes (the CPU route),
-  and, on CUDA, batched ``torchvision.io.decode_jpeg(device="cuda")`` + resize on the GPU from
-  bytes already in memory (the GPU route's ceiling);
+- decoding + resize to 224: PIL in ``--workers`` DataLoader processes (the CPU route); on CUDA
+  also, from bytes already in memory, bare batched ``torchvision.io.decode_jpeg(device="cuda")``
+  (no resize: nvJPEG's own ceiling), the same decode + one resize call per image (the route
+  before the size-grouped resize) and ``materialize`` (the route extract uses: decode + resize
+  grouped by size); and the whole input path of extract without the model (files read by the
+  workers, decoded ahead on a thread of its own);
 - the bare model forward pass on pre-decoded uint8 tensors already on the device (normalise,
   channels_last, bf16 autocast on CUDA; grid and ImageNet head);
+- the HDF5 write alone: ``FeatureWriter.write`` of batches of (R x D) rows in the storage dtype;
 - the whole ``run_extract`` of the region_grid view: files read by workers, decoded (GPU route on
   CUDA), forward, copy back, HDF5 write. "steady" counts from the first written batch to the last
   (start-up excluded); "total" is the wall time of the call (model build, worker start included).
+
+The target (issue 3): extract steady >= 0.8 x min(forward, decode), decode being the route extract
+uses (``materialize``; the PIL route on CPU).
 
 Synthetic JPEGs of tweet-like sizes (600x400 to 1200x900, smooth content, quality 90) are made once
 in ``--dir``. Needs only torch, torchvision, h5py, numpy, PIL and efficientnet_lite_pytorch.
 
     python bench/bench_extract.py --images 64 --batch-size 16 --out /tmp/bench-extract-cpu.json
-    python bench/bench_extract.py --device cuda --images 4096 --batch-size 256 \\
-        --out bench/extract-h100.json
+    python bench/bench_extract.py --device cuda --images 8192 --batch-size 256 --workers 16 \\
+        --out bench/results/extract-h100.json
 """
 from __future__ import annotations
 
@@ -38,8 +45,9 @@ import torch  # noqa: E402
 
 from pipeline.encoders import load_encoder, resolve_encoder  # noqa: E402
 from pipeline.extract import ExtractConfig, run_extract  # noqa: E402
-from pipeline.images import (DecodeSpec, decode_jpegs, image_batches,  # noqa: E402
-                             resize_tensor)
+from pipeline.features import FeatureWriter  # noqa: E402
+from pipeline.images import (DecodeAhead, DecodeSpec, collate, decode_jpegs,  # noqa: E402
+                             image_batches, materialize, resize_tensor)
 
 SIZES = ((600, 400), (800, 600), (1024, 768), (1200, 900), (900, 1200), (640, 640))
 
@@ -105,16 +113,69 @@ def bench_cpu_decode(paths, spec, batch_size, workers) -> float:
     return n / (time.perf_counter() - start)
 
 
-def bench_gpu_decode(paths, spec, batch_size, device) -> float:
-    blobs = [torch.frombuffer(bytearray(Path(p).read_bytes()), dtype=torch.uint8) for p in paths]
-    decode_jpegs(blobs[:batch_size], device)          # warm-up (nvJPEG handles)
-    sync(device)
+def bench_gpu_decode(paths, spec, batch_size, device) -> dict[str, float]:
+    """img/s of three ways to decode the same JPEG bytes (in pinned memory, as the loader gives
+    them): bare nvJPEG, nvJPEG + one resize per image, and ``materialize`` (what extract runs)."""
+    records = [{"row": k, "kind": "jpeg", "sha": "",
+                "data": torch.frombuffer(bytearray(Path(p).read_bytes()), dtype=torch.uint8)}
+               for k, p in enumerate(paths)]
+    batches = [collate(records[i:i + batch_size]) for i in range(0, len(records), batch_size)]
+    for batch in batches:
+        if device.startswith("cuda"):
+            batch["jpeg"] = batch["jpeg"].pin_memory()
+
+    def bare(batch):
+        decode_jpegs(list(torch.split(batch["jpeg"], batch["jpeg_sizes"])), device)
+
+    def resize_each(batch):
+        blobs = list(torch.split(batch["jpeg"], batch["jpeg_sizes"]))
+        torch.stack([resize_tensor(img, spec) for img in decode_jpegs(blobs, device)])
+
+    def route(batch):
+        materialize(batch, spec, device)
+    speeds = {}
+    for name, fn in (("gpu_nvjpeg_bare", bare), ("gpu_nvjpeg_resize_each", resize_each),
+                     ("gpu_route", route)):
+        fn(batches[0])                                # warm-up (nvJPEG handles, kernels)
+        sync(device)
+        start = time.perf_counter()
+        for batch in batches:
+            fn(batch)
+        sync(device)
+        speeds[name] = len(paths) / (time.perf_counter() - start)
+    return speeds
+
+
+def bench_input_path(paths, spec, batch_size, workers, device) -> float:
+    """img/s of extract's input path without the model: workers read, a thread decodes ahead."""
+    loader = image_batches(range(len(paths)), paths, spec, "gpu", batch_size, workers,
+                           pin_memory=device.startswith("cuda"))
     start = time.perf_counter()
-    for i in range(0, len(blobs), batch_size):
-        decoded = decode_jpegs(blobs[i:i + batch_size], device)
-        torch.stack([resize_tensor(img, spec) for img in decoded])
+    n = 0
+    with DecodeAhead(loader, spec, device) as batches:
+        for _, images, rows, _ in batches:
+            n += len(rows)
     sync(device)
-    return len(blobs) / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start)
+
+
+def bench_write(folder: Path, shape: tuple[int, ...], count: int, batch_size: int,
+                dtype) -> float:
+    """rows/s of ``FeatureWriter.write`` alone: batches of random rows into a new file."""
+    path = folder / "write-bench.h5"
+    for stale in (path, path.with_name(path.name + ".tmp")):
+        stale.unlink(missing_ok=True)
+    ids = [f"r{i}" for i in range(count)]
+    rows = np.random.default_rng(0).standard_normal((batch_size, *shape)).astype(dtype)
+    writer = FeatureWriter(path, ids, {"fingerprint": "bench"}, dtype)
+    start = time.perf_counter()
+    for i in range(0, count, batch_size):
+        part = np.arange(i, min(count, i + batch_size))
+        writer.write(part, rows[:len(part)], [True] * len(part), [""] * len(part))
+    seconds = time.perf_counter() - start
+    writer.close()
+    path.with_name(path.name + ".tmp").unlink()
+    return count / seconds
 
 
 def bench_forward(encoder, batch_size, count, device) -> float:
@@ -174,27 +235,31 @@ def run(args) -> dict:
     data, images, kb = make_dataset(folder, args.images, args.workers)
     paths = sorted(images.glob("*.jpg"))
     spec = DecodeSpec(224)
+    cuda = args.device.startswith("cuda")
     result = {"machine": machine(args.device), "settings": {
         "device": args.device, "images": args.images, "batch_size": args.batch_size,
         "workers": args.workers, "storage": "float16" if args.float16 else "float32",
-        "precision": "bf16 autocast" if args.device.startswith("cuda") else "fp32",
+        "precision": "bf16 autocast" if cuda else "fp32",
         "mean_jpeg_kb": round(kb, 1), "sizes": [f"{w}x{h}" for w, h in SIZES]},
         "decode": {}, "models": {}}
     result["decode"]["cpu_pil"] = bench_cpu_decode(paths, spec, args.batch_size, args.workers)
-    if args.device.startswith("cuda"):
-        result["decode"]["gpu_nvjpeg"] = bench_gpu_decode(paths, spec, args.batch_size,
-                                                          args.device)
-    decode = result["decode"].get("gpu_nvjpeg", result["decode"]["cpu_pil"])
+    if cuda:
+        result["decode"].update(bench_gpu_decode(paths, spec, args.batch_size, args.device))
+        result["decode"]["input_path"] = bench_input_path(paths, spec, args.batch_size,
+                                                          args.workers, args.device)
+    decode = result["decode"].get("gpu_route", result["decode"]["cpu_pil"])
+    dtype = np.float16 if args.float16 else np.float32
     for model in args.models.split(","):
         name = f"{model}:random"
-        encoder = load_encoder(name, args.device, "bf16" if args.device.startswith("cuda")
-                               else "fp32")
+        encoder = load_encoder(name, args.device, "bf16" if cuda else "fp32")
         forward = bench_forward(encoder, args.batch_size, args.images, args.device)
         del encoder
+        dim = resolve_encoder(name).dim
+        write = bench_write(folder, (49, dim), args.images, args.batch_size, dtype)
         total, steady = bench_extract(name, data, images, args, folder / "artifacts")
         limit = min(forward, decode)
         result["models"][model] = {
-            "grid": f"{resolve_encoder(name).dim} x 49", "forward": forward,
+            "grid": f"{dim} x 49", "forward": forward, "hdf5_write": write,
             "extract_total": total, "extract_steady": steady,
             "steady_over_forward": steady / forward if steady else None,
             "steady_over_decode": steady / decode if steady else None,
@@ -202,28 +267,40 @@ def run(args) -> dict:
     return result
 
 
+DECODE_ROWS = (
+    ("cpu_pil", "decode+resize, PIL x{workers} processes"),
+    ("gpu_nvjpeg_bare", "decode only, nvJPEG batched (bare decode_jpeg)"),
+    ("gpu_nvjpeg_resize_each", "decode+resize, nvJPEG + one resize per image"),
+    ("gpu_route", "decode+resize, extract's route (materialize)"),
+    ("input_path", "files -> workers -> decode thread (no model)"))
+
+
 def table(result: dict) -> str:
     m, s = result["machine"], result["settings"]
     gpu = f"; GPU {m['gpu']}" if "gpu" in m else ""
     lines = [f"machine: CPU {m['cpu']} ({m['cores']} cores){gpu}; torch {m['torch']}",
              f"{s['images']} JPEGs ({s['mean_jpeg_kb']} KB mean, 600x400..1200x900), batch "
-             f"{s['batch_size']}, {s['workers']} workers, {s['precision']}, {s['storage']} HDF5",
-             f"decode+resize, PIL x{s['workers']} processes: {result['decode']['cpu_pil']:,.0f} img/s"]
-    if "gpu_nvjpeg" in result["decode"]:
-        lines.append(f"decode+resize, nvJPEG batched on GPU:  "
-                     f"{result['decode']['gpu_nvjpeg']:,.0f} img/s")
-    lines.append(f"{'model':<20}{'forward':>10}{'extract':>10}{'(total)':>10}"
-                 f"{'ext/fwd':>9}{'ext/dec':>9}{'ext/min':>9}")
+             f"{s['batch_size']}, {s['workers']} workers, {s['precision']}, {s['storage']} HDF5"]
+    for key, label in DECODE_ROWS:
+        if key in result["decode"]:
+            lines.append(f"{label.format(workers=s['workers']):<48}"
+                         f"{result['decode'][key]:>8,.0f} img/s")
+    lines.append(f"{'model':<20}{'forward':>9}{'write':>9}{'extract':>9}{'(total)':>9}"
+                 f"{'ext/fwd':>8}{'ext/dec':>8}{'ext/min':>8}")
 
     def num(x, fmt):
         return format(x, fmt) if x is not None else "-"
     for model, r in result["models"].items():
-        lines.append(f"{model:<20}{r['forward']:>10,.0f}{num(r['extract_steady'], ',.0f'):>10}"
-                     f"{r['extract_total']:>10,.0f}{num(r['steady_over_forward'], '.2f'):>9}"
-                     f"{num(r['steady_over_decode'], '.2f'):>9}"
-                     f"{num(r['steady_over_limit'], '.2f'):>9}")
-    lines.append("img/s; extract = steady state (first written batch to last), (total) = whole "
-                 "call; ext/min = extract over the slower of forward and decode (target >= 0.8)")
+        lines.append(f"{model:<20}{r['forward']:>9,.0f}{r['hdf5_write']:>9,.0f}"
+                     f"{num(r['extract_steady'], ',.0f'):>9}{r['extract_total']:>9,.0f}"
+                     f"{num(r['steady_over_forward'], '.2f'):>8}"
+                     f"{num(r['steady_over_decode'], '.2f'):>8}"
+                     f"{num(r['steady_over_limit'], '.2f'):>8}")
+    decode = "extract's route" if "gpu_route" in result["decode"] else "PIL"
+    lines.append("img/s; write = HDF5 rows/s alone; extract = steady state (first written batch "
+                 "to last), (total) = whole call;")
+    lines.append(f"ext/min = extract over the slower of forward and decode ({decode}); "
+                 "target >= 0.8")
     return "\n".join(lines)
 
 

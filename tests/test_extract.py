@@ -303,3 +303,30 @@ def test_caption_objects_can_be_counts(tiny_dir, tmp_path, bert):
     objects = views_of(tmp_path)["object_types"]
     assert objects.attrs["config"]["counts"] is True
     assert objects.rows(["101"])[0][0][0] == 2.0          # "a man ... at a crowd": person x2
+
+
+def test_the_benchmark_runs_small_on_cpu_with_every_row_it_can(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    import sys
+
+    from conftest import ROOT
+    from pipeline.images import DecodeSpec
+
+    spec = importlib.util.spec_from_file_location("bench_extract", ROOT / "bench" /
+                                                  "bench_extract.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_extract", bench)    # its JPEG maker is pickled
+    spec.loader.exec_module(bench)
+    bench.main(["--images", "4", "--batch-size", "2", "--workers", "0", "--models",
+                "efficientnet-lite0", "--dir", str(tmp_path), "--out", str(tmp_path / "b.json")])
+    result = json.loads((tmp_path / "b.json").read_text())
+    row = result["models"]["efficientnet-lite0"]
+    assert row["grid"] == "1280 x 49" and row["hdf5_write"] > 0 and row["extract_steady"] > 0
+    assert row["steady_over_limit"] == row["extract_steady"] / min(row["forward"],
+                                                                   result["decode"]["cpu_pil"])
+    assert "ext/min = extract over the slower of forward and decode (PIL)" in result["table"]
+    paths = sorted((tmp_path / "images").glob("*.jpg"))      # the GPU rows' code, on the CPU
+    speeds = bench.bench_gpu_decode(paths, DecodeSpec(16), 2, "cpu")
+    assert sorted(speeds) == ["gpu_nvjpeg_bare", "gpu_nvjpeg_resize_each", "gpu_route"]
+    assert min(speeds.values()) > 0 and bench.bench_input_path(paths, DecodeSpec(16), 2, 0,
+                                                               "cpu") > 0
