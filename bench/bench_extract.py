@@ -147,16 +147,20 @@ def bench_gpu_decode(paths, spec, batch_size, device) -> dict[str, float]:
 
 
 def bench_input_path(paths, spec, batch_size, workers, device) -> float:
-    """img/s of extract's input path without the model: workers read, a thread decodes ahead."""
+    """img/s of extract's input path without the model (workers read, a thread decodes ahead),
+    steady state: from the first batch to the last (worker start and nvJPEG set-up excluded)."""
     loader = image_batches(range(len(paths)), paths, spec, "gpu", batch_size, workers,
                            pin_memory=device.startswith("cuda"))
-    start = time.perf_counter()
-    n = 0
+    stamps = []
     with DecodeAhead(loader, spec, device) as batches:
         for _, images, rows, _ in batches:
-            n += len(rows)
-    sync(device)
-    return n / (time.perf_counter() - start)
+            if images is not None:
+                images.sum()                    # use it on this stream, as the model would
+                if images.is_cuda:
+                    torch.cuda.current_stream().synchronize()
+            stamps.append((time.perf_counter(), len(rows)))
+    rows = sum(n for _, n in stamps[1:])
+    return rows / (stamps[-1][0] - stamps[0][0]) if len(stamps) > 1 else float("nan")
 
 
 def bench_write(folder: Path, shape: tuple[int, ...], count: int, batch_size: int,
@@ -272,7 +276,7 @@ DECODE_ROWS = (
     ("gpu_nvjpeg_bare", "decode only, nvJPEG batched (bare decode_jpeg)"),
     ("gpu_nvjpeg_resize_each", "decode+resize, nvJPEG + one resize per image"),
     ("gpu_route", "decode+resize, extract's route (materialize)"),
-    ("input_path", "files -> workers -> decode thread (no model)"))
+    ("input_path", "files -> workers -> decode thread, steady (no model)"))
 
 
 def table(result: dict) -> str:
