@@ -10,10 +10,8 @@ batch, and the batches of a resumed run are the same as a fresh run's (same rows
 """
 from __future__ import annotations
 
-import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -151,30 +149,11 @@ def _image_pass(jobs, writers, encoder, dataset, config, run, progress) -> None:
     dtype = writers[views[0]].dtype
     copier = torch.cuda.Stream(torch.device(run["device"])) if on_cuda else None
     with progress(total=len(pending), desc=f"images: {', '.join(views)}") as bar, \
-            _switch_interval(GIL_SWITCH_S), _InOrder() as background, \
-            DecodeAhead(loader, spec, run["device"]) as batches:
+            _InOrder() as background, DecodeAhead(loader, spec, run["device"]) as batches:
         for batch, images, rows_ok, failed in batches:
             done = _Done(batch, rows_ok, failed, forward(images) if rows_ok else {}, dtype,
                          copier)
             background.submit(done.write, views, writers, bar, shapes)
-
-
-GIL_SWITCH_S = 5e-4
-
-
-@contextmanager
-def _switch_interval(seconds: float):
-    """Python's GIL switch interval set to ``seconds`` for the block (restored after).
-
-    Three threads share the GIL here (decode, forward, write), and each comes back from nvJPEG, a
-    CUDA wait or ``pwrite`` needing it; at the default 5 ms a thread can wait that long for the
-    GIL while another runs Python (measured: 5.2 ms mean wake-up delay, 0.7 ms at 0.5 ms)."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(seconds)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 class _InOrder:

@@ -314,11 +314,9 @@ class DecodeAhead:
     nvJPEG holds its caller until a batch is decoded (~20 ms for 256 tweet-sized JPEGs on an H100)
     and the GPU can run the model meanwhile, so the thread decodes and resizes batch i + 1 on its
     own CUDA stream while the caller's stream runs batch i; each batch comes with an event that
-    the caller's stream waits on (the thread's stream has a high priority, so the few resize
-    kernels are not queued behind the model's). The thread waits for its stream before each
-    decode, so nvJPEG (which writes on a stream of its own) never reuses memory that a resize
-    has yet to read. Use it as a context manager; leaving it stops the thread. Errors re-raise
-    in the caller."""
+    the caller's stream waits on. The thread waits for its stream before each decode, so nvJPEG
+    (which writes on a stream of its own) never reuses memory that a resize has yet to read.
+    Use it as a context manager; leaving it stops the thread. Errors re-raise in the caller."""
 
     _END = object()
 
@@ -332,7 +330,7 @@ class DecodeAhead:
     def _work(self) -> None:
         device = torch.device(self.device)
         cuda = device.type == "cuda"
-        stream = torch.cuda.Stream(device, priority=-1) if cuda else None   # resize first
+        stream = torch.cuda.Stream(device) if cuda else None
         try:
             with torch.cuda.device(device) if cuda else nullcontext(), \
                     torch.cuda.stream(stream) if cuda else nullcontext():

@@ -330,14 +330,3 @@ def test_the_benchmark_runs_small_on_cpu_with_every_row_it_can(tmp_path, capsys,
     assert sorted(speeds) == ["gpu_nvjpeg_bare", "gpu_nvjpeg_resize_each", "gpu_route"]
     assert min(speeds.values()) > 0 and bench.bench_input_path(paths, DecodeSpec(16), 2, 0,
                                                                "cpu") > 0
-
-
-def test_the_image_pass_shortens_the_gil_switch_interval_and_restores_it():
-    import sys
-
-    before = sys.getswitchinterval()
-    with pytest.raises(KeyError):
-        with extract_passes._switch_interval(1e-4):
-            assert sys.getswitchinterval() == pytest.approx(1e-4)
-            raise KeyError("a failing pass")
-    assert sys.getswitchinterval() == before
