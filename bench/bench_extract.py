@@ -287,7 +287,7 @@ def table(result: dict) -> str:
              f"{s['batch_size']}, {s['workers']} workers, {s['precision']}, {s['storage']} HDF5"]
     for key, label in DECODE_ROWS:
         if key in result["decode"]:
-            lines.append(f"{label.format(workers=s['workers']):<48}"
+            lines.append(f"{label.format(workers=s['workers']):<54}"
                          f"{result['decode'][key]:>8,.0f} img/s")
     lines.append(f"{'model':<20}{'forward':>9}{'write':>9}{'extract':>9}{'(total)':>9}"
                  f"{'ext/fwd':>8}{'ext/dec':>8}{'ext/min':>8}")
