@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import machine as base_machine  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -53,20 +53,7 @@ SIZES = ((600, 400), (800, 600), (1024, 768), (1200, 900), (900, 1200), (640, 64
 
 
 def machine(device: str) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "python": platform.python_version(), "load_average_1min_at_start":
-            round(os.getloadavg()[0], 2)}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
+    return base_machine(device)
 
 
 def _make_jpeg(args) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,31 +28,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import machine as base_machine  # noqa: E402
 
 from pipeline.search import faiss_gpus, load_faiss, recall_at_k, search  # noqa: E402
 
 
 def machine(device: str) -> dict:
     """CPU model and cores, GPU name, library versions: the 'machine' every number belongs to."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     faiss = load_faiss()
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "numpy": np.__version__,
+    return {**base_machine(device), "numpy": np.__version__,
             "faiss": getattr(faiss, "__version__", None) if faiss else None,
-            "faiss_gpus": faiss_gpus(), "python": platform.python_version(),
-            "load_average_1min_at_start": round(os.getloadavg()[0], 2)}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
+            "faiss_gpus": faiss_gpus()}
 
 
 def describe(info: dict) -> str:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -31,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.machine import machine as base_machine  # noqa: E402
 
 from pipeline.data import load_dataset  # noqa: E402
 from trainer.batches import ImageInputs  # noqa: E402
@@ -41,23 +40,9 @@ DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def machine(device: str) -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
     import transformers
-    info["transformers"] = transformers.__version__
-    return info
+
+    return {**base_machine(device), "transformers": transformers.__version__}
 
 
 def synthetic_image(item_ids: list[str], shape: tuple[int, ...], k: int, seed: int = 0):
