@@ -56,17 +56,17 @@ def progress_factory(quiet: bool):
     return functools.partial(tqdm, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
 
-def default_text_encoder(device: str) -> str:
-    """mpnet-base when a GPU will be used and MPNet is installed, else minilm-l6; said on stderr."""
+def default_text_encoder(device: str) -> tuple[str, str]:
+    """mpnet-base when a GPU will be used and MPNet is installed, else minilm-l6; and the line that
+    says so (callers print it once their config is valid)."""
     import torch
 
     from pipeline.packaged import best_available_text_encoder
 
     gpu = device != "cpu" and torch.cuda.is_available()
     name = best_available_text_encoder(gpu)
-    click.echo(f"text encoder: {name} (default {'with' if gpu else 'without'} a GPU; "
-               "--encoder / --text-encoder chooses another)", err=True)
-    return name
+    return name, (f"text encoder: {name} (default {'with' if gpu else 'without'} a GPU; "
+                  "--encoder / --text-encoder chooses another)")
 
 
 def friendly_errors(f):
@@ -168,13 +168,16 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
     from pipeline.data import default_captions, default_image_dir
     from pipeline.extract import ExtractConfig, run_extract, summary_lines
 
+    note = None
     if options["text_encoder"] is None and options["clip"] is None:
-        options["text_encoder"] = default_text_encoder(options["device"])
+        options["text_encoder"], note = default_text_encoder(options["device"])
     config = ExtractConfig(
         data_dir=data_dir, captions=captions or default_captions(data_dir),
         image_dir=image_dir or default_image_dir(data_dir), drop_urls=not keep_urls,
         views=tuple(v.strip() for v in views.split(",") if v.strip()) if views else (),
         **{k: v for k, v in options.items() if v is not None})
+    if note:
+        click.echo(note, err=True)
     cache_log, notes = logging.getLogger("pipeline.features"), logging.StreamHandler(sys.stderr)
     cache_log.setLevel(logging.INFO)       # "resuming ...", "... is unreadable; starting it over"
     cache_log.addHandler(notes)
@@ -306,9 +309,12 @@ def train(config_file, seeds, quiet, **options):
              if ctx.get_parameter_source(name) != ParameterSource.DEFAULT}
     base = (TrainConfig.from_json(config_file) if config_file
             else TrainConfig(data_dir=options["data_dir"]))
+    note = None
     if "encoder" not in given and not config_file:
-        given["encoder"] = default_text_encoder(options["device"])
+        given["encoder"], note = default_text_encoder(options["device"])
     config = base.with_overrides(**given)
+    if note:
+        click.echo(note, err=True)
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:

@@ -103,7 +103,7 @@ def test_rgcn_files_match_the_umt_files():
             assert check.token_diffs == expected
 
 
-def test_the_default_text_encoder_depends_on_the_gpu_and_is_said(monkeypatch, capsys):
+def test_the_default_text_encoder_depends_on_the_gpu_and_is_said(monkeypatch):
     import torch
 
     import pipeline.packaged as packaged
@@ -111,13 +111,13 @@ def test_the_default_text_encoder_depends_on_the_gpu_and_is_said(monkeypatch, ca
     monkeypatch.setattr(packaged, "best_available_text_encoder",
                         lambda gpu: asked.append(gpu) or ("mpnet-base" if gpu else "minilm-l6"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert cli.default_text_encoder("cpu") == "minilm-l6"
-    assert cli.default_text_encoder("auto") == "mpnet-base"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert cli.default_text_encoder("cuda") == "minilm-l6"
-    assert asked == [False, True, False]
-    assert capsys.readouterr().err.splitlines()[1] == (
+    assert cli.default_text_encoder("cpu")[0] == "minilm-l6"
+    name, note = cli.default_text_encoder("auto")
+    assert name == "mpnet-base" and note == (
         "text encoder: mpnet-base (default with a GPU; --encoder / --text-encoder chooses another)")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.default_text_encoder("cuda")[0] == "minilm-l6"
+    assert asked == [False, True, False]
     help_text = " ".join(invoke("train", "-h").output.split())
     assert "[default: mpnet-base on a GPU when its wheels are installed, else minilm-l6]" \
         in help_text
