@@ -86,6 +86,45 @@ def time_variant(config: TrainConfig, inputs: TrainInputs) -> dict:
             "node_shape": list(inputs.image.node_shape) if config.model.uses_image else None}
 
 
+def profile_variant(config: TrainConfig, inputs: TrainInputs, folder: Path) -> None:
+    """One short training of ``config`` under torch.profiler (CPU + CUDA) and torch's sync
+    debug mode: ``<variant>-ops.txt`` (top ops by self CPU and by self device time, with the
+    count of device synchronisations), ``<variant>-syncs.txt`` (where they happen) and
+    ``<variant>-trace.json`` (chrome://tracing)."""
+    import warnings
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from trainer.loop import train
+    from trainer.run import prepare
+
+    folder.mkdir(parents=True, exist_ok=True)
+    variant = config.model.variant()
+    prep = prepare(config, inputs)
+    cuda = prep.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with warnings.catch_warnings(record=True) as caught, profile(activities=activities) as prof:
+        warnings.simplefilter("always")
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        train(prep.model, prep.splits["train"], prep.splits["valid"], prep.config.optim,
+              prep.device, torch.Generator().manual_seed(config.seed), prep.table,
+              prep.config.precision, inputs.dataset.type_names)
+        if cuda:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+             if "synchroniz" in str(w.message)]
+    (folder / f"{variant}-syncs.txt").write_text("\n".join(syncs) + "\n")
+    averages = prof.key_averages()
+    tables = [f"{len(syncs)} synchronising calls (see {variant}-syncs.txt)",
+              averages.table(sort_by="self_cpu_time_total", row_limit=40)]
+    if cuda:
+        tables.append(averages.table(sort_by="self_cuda_time_total", row_limit=40))
+    (folder / f"{variant}-ops.txt").write_text("\n\n".join(tables) + "\n")
+    prof.export_chrome_trace(str(folder / f"{variant}-trace.json"))
+
+
 def summarise(runs: list[dict], steps: int) -> list[dict]:
     rows = []
     for variant in dict.fromkeys(r["variant"] for r in runs):
@@ -119,6 +158,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--node-shape", default="384", help="Synthetic node shape: 384 or 49x1280.")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     parser.add_argument("--out", type=Path, default=None, help="Also write the results as JSON.")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="Also profile one epoch of each model on --profile-limit tweets "
+                             "into this folder (ops tables, syncs, chrome traces).")
+    parser.add_argument("--profile-limit", type=int, default=160)
     args = parser.parse_args(argv)
 
     base = TrainConfig(data_dir=str(args.data_dir), artifacts=str(args.artifacts),
@@ -148,6 +191,11 @@ def main(argv=None) -> dict:
                   file=sys.stderr)
     steps = -(-len(inputs.dataset.splits["train"]) // args.batch_size)
     rows = summarise(runs, steps)
+    if args.profile:
+        short = subset(inputs, args.profile_limit, 16)
+        for text_only in (True, False):
+            profile_variant(base.with_overrides(text_only=text_only, epochs=1, patience=1),
+                            short, args.profile)
     result = {"machine": machine(args.device), "device": args.device, "encoder": args.encoder,
               "dataset": inputs.dataset.name, "train_tweets": len(inputs.dataset.splits["train"]),
               "batch_size": args.batch_size, "epochs": args.epochs, "rounds": args.rounds,
