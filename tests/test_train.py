@@ -229,3 +229,39 @@ def test_a_run_folder_is_never_reused(tmp_path, monkeypatch):
         run.new_run_dir(tmp_path, "tiny-full-s1")
     assert str(err.value) == (f"run folder {final} already exists; runs are never overwritten: "
                               "wait a second or pass another --slug")
+
+
+def test_authors_neighbours_outside_the_dataset_are_masked_not_refused(tiny_pipeline, tiny_encoder,
+                                                                        tmp_path):
+    """The authors' 2015 lists name images that are no tweet of the dataset (74471 in 45% of
+    them): the importer keeps them in ``pool_unknown``; training masks them and counts them."""
+    import shutil
+
+    from pipeline.data import load_dataset
+    from trainer.config import TrainConfig
+    from trainer.inputs import load_inputs
+
+    data, artifacts = tiny_pipeline
+    copy_data, copy_art = tmp_path / "tiny", tmp_path / "artifacts"
+    shutil.copytree(data, copy_data)
+    shutil.copytree(artifacts, copy_art)
+    (copy_data / "rgcn").mkdir()
+    for split, tweets in load_dataset(copy_data).splits.items():
+        lines = []
+        for tweet in tweets:
+            others = [t.item_id for t in tweets if t.item_id != tweet.item_id][:2]
+            ids = " ".join(f"{i}.jpg" for i in (["777"] + others + ["777"] * 7)[:10])
+            scores = " ".join(["0.5"] * 10)
+            lines += [" ".join(tweet.tokens), " ".join(tweet.tags).replace("MISC", "OTHER"),
+                      f"{tweet.item_id}.jpg", scores, ids, scores, ids]
+        (copy_data / "rgcn" / f"{split}_2.txt").write_text("\n".join(lines) + "\n",
+                                                           encoding="utf-8")
+    result = invoke("build-graphs", "--data-dir", copy_data, "--artifacts", copy_art, "--k", 3,
+                    "--relation", "none", "--quiet")
+    assert result.exit_code == 0, result.output
+    config = TrainConfig(data_dir=copy_data, artifacts=copy_art, graph_source="rgcn")
+    inputs = load_inputs(config.with_overrides(encoder=tiny_encoder, k=3))
+    masked = inputs.files["masked"]["inter"]
+    assert masked["not_in_dataset"] == 12          # one "777" in each tweet's first 3
+    assert masked["missing_neighbours"] >= 12
+    assert (inputs.image.inter[:, 0] == -1).all()

@@ -135,7 +135,8 @@ def build_inputs(dataset: Dataset, files: dict[str, Path], k: int, pool: str,
         _check_graph(graph, files[relation], dataset, pool)
         I, D, flagged = graph.lookup(items, k)
         pool_rows = np.array([row_of.get(p, -1) for p in graph.pool_ids], dtype=np.int64)
-        unknown = sorted({graph.pool_ids[j] for j in I[I >= 0] if pool_rows[j] < 0})
+        declared = set(graph.attrs.get("pool_unknown") or ())   # imported ids with no image
+        unknown = sorted({graph.pool_ids[j] for j in I[I >= 0] if pool_rows[j] < 0} - declared)
         if unknown:
             raise CacheMismatch(f"{files[relation]}: its pool holds {len(unknown)} image(s) that "
                                 f"{where.name} has no row for (e.g. {unknown[0]}); rebuild the "
@@ -147,8 +148,10 @@ def build_inputs(dataset: Dataset, files: dict[str, Path], k: int, pool: str,
                             "fingerprint": graph.attrs.get("fingerprint"),
                             "source": graph.attrs.get("source"), "pool": graph.attrs.get("pool"),
                             "k": k, "space": graph.attrs.get("space")}
-        record["masked"][relation] = {"flagged_queries": int(flagged.sum()),
-                                      "missing_neighbours": int((mapped < 0).sum())}
+        record["masked"][relation] = {
+            "flagged_queries": int(flagged.sum()),
+            "missing_neighbours": int((mapped < 0).sum()),
+            "not_in_dataset": int(sum(graph.pool_ids[j] in declared for j in I[I >= 0]))}
     image = ImageInputs(items, features.features, own, *neighbours["inter"], *neighbours["intra"],
                         view=view, table_ids=list(features.item_ids))
     return TrainInputs(dataset, image, record)
