@@ -103,10 +103,7 @@ def get_spec(name: str, modality: str | None = None) -> EncoderSpec:
         raise UnknownEncoder(f"unknown encoder {name!r}; use one of "
                              f"{', '.join(encoder_names(modality))}, a local folder or file, "
                              "or hf:<hugging face id>")
-    if modality is not None and modality not in spec.modality:
-        raise UnknownEncoder(f"encoder {name!r} is a {spec.modality} encoder, not {modality}; use "
-                             f"one of {', '.join(encoder_names(modality))}")
-    return spec
+    return _check_modality(name, spec, modality)
 
 
 def _transport_copy_spec(path: Path) -> EncoderSpec | None:
@@ -129,6 +126,13 @@ def _transport_copy_spec(path: Path) -> EncoderSpec | None:
     return dataclasses.replace(registered, name=str(path),
                                pretrained=f"float16 copy of {registered.name}",
                                locate=lambda: str(path))
+
+
+def _check_modality(name: str, spec: EncoderSpec, modality: str | None) -> EncoderSpec:
+    if modality is not None and modality not in spec.modality:
+        raise UnknownEncoder(f"encoder {name!r} is a {spec.modality} encoder, not {modality}; use "
+                             f"one of {', '.join(encoder_names(modality))}")
+    return spec
 
 
 def model_location(spec: EncoderSpec) -> str:
@@ -305,10 +309,7 @@ def resolve_encoder(name: str, modality: str | None = None) -> EncoderSpec:
                              "(optionally :random or :<weights file>), timm:<model>, or a CLIP "
                              f"model ({', '.join(encoder_names('image+text'))} or "
                              "clip:<arch>/<tag>)")
-    if modality is not None and modality not in spec.modality:
-        raise UnknownEncoder(f"encoder {name!r} is a {spec.modality} encoder, not {modality}; use "
-                             f"one of {', '.join(encoder_names(modality))}")
-    return spec
+    return _check_modality(name, spec, modality)
 
 
 def weights_id(spec: EncoderSpec) -> str:
