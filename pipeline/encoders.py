@@ -328,7 +328,7 @@ def encoder_fingerprint(spec: EncoderSpec) -> dict:
     return {"spec": spec.as_dict(), "weights_sha256": weights_id(spec)}
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str = "auto") -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
     if device != "auto":
         return device

@@ -25,6 +25,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from .encoders import resolve_device
 from .errors import MissingInput, MnerError
 from .progress import no_progress
 
@@ -45,14 +46,6 @@ def load_faiss():
 def faiss_gpus() -> int:
     faiss = load_faiss()
     return faiss.get_num_gpus() if faiss is not None and hasattr(faiss, "get_num_gpus") else 0
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other values pass through."""
-    if device != "auto":
-        return device
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_backend(backend: str, device: str) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pipeline.artifacts import environment, write_json
+from pipeline.encoders import resolve_device as pipeline_device
 from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput
 from pipeline.labels import label_list
 from pipeline.progress import no_progress
@@ -57,9 +58,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``pipeline.encoders.resolve_device`` as a ``torch.device``."""
+    return torch.device(pipeline_device(name))
 
 
 def run_slug(config: TrainConfig, dataset_name: str) -> str:
