@@ -33,7 +33,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .artifacts import ids_fingerprint, write_json
+from .artifacts import ids_fingerprint, read_manifest, write_json
 from .errors import CacheMismatch, MissingInput, MnerError
 
 log = logging.getLogger(__name__)
@@ -342,13 +342,6 @@ def write_manifest(artifacts, dataset: str, views: dict[str, dict]) -> Path:
 
 def load_manifest(artifacts, dataset: str) -> dict[str, Path]:
     """The feature files of the latest extract run of ``dataset``, by view."""
-    path = manifest_path(artifacts, dataset)
-    if not path.is_file():
-        raise MissingInput(f"{path}: no feature manifest; run `python cli.py extract --data-dir "
-                           f"<{dataset} folder>` first")
-    try:
-        manifest = json.loads(path.read_text())
-        return {view: path.parent / entry["file"] for view, entry in manifest["views"].items()}
-    except (ValueError, KeyError, TypeError) as err:
-        raise CacheMismatch(f"{path}: malformed manifest ({err}); re-run `python cli.py "
-                            "extract`") from None
+    return read_manifest(manifest_path(artifacts, dataset), "views",
+                         f"no feature manifest; run `python cli.py extract --data-dir "
+                         f"<{dataset} folder>` first", "extract")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import atomic_path, environment, write_json
+from .artifacts import atomic_path, environment, read_manifest, write_json
 from .errors import CacheMismatch, MissingInput, MnerError
 
 JSON_ATTRS = ("inputs", "config", "environment", "pool_unknown", "notes")
@@ -192,9 +192,6 @@ def update_graph_manifest(artifacts, dataset: str, built: dict[str, Path]) -> Pa
 
 def load_graph_manifest(artifacts, dataset: str) -> dict[str, Path]:
     """``{"inter": path, "intra": path, "inter-rgcn": path, ...}`` from the dataset's manifest."""
-    path = manifest_path(artifacts, dataset)
-    if not path.is_file():
-        raise MissingInput(f"{path}: no graphs for {dataset}; run `python cli.py build-graphs "
-                           f"--data-dir <folder of {dataset}>` first")
-    entries = json.loads(path.read_text())["graphs"]
-    return {name: path.parent / file for name, file in entries.items()}
+    return read_manifest(manifest_path(artifacts, dataset), "graphs",
+                         f"no graphs for {dataset}; run `python cli.py build-graphs --data-dir "
+                         f"<folder of {dataset}>` first", "build-graphs")

@@ -336,3 +336,18 @@ def test_exact_ties_are_broken_per_query_not_by_pool_order(tiny_dir, tmp_path):
     assert chosen["index"]["hub_share"] == pytest.approx(11 / 12)   # row 0 for all but itself
     assert chosen["random"]["nk_max"] < chosen["index"]["nk_max"]
     assert chosen["random"]["coverage"] > chosen["index"]["coverage"]
+
+
+def test_a_malformed_graph_manifest_is_one_clear_error(tmp_path):
+    from pipeline.errors import CacheMismatch
+    from pipeline.graphs import load_graph_manifest
+
+    path = tmp_path / "graphs" / "tiny" / "manifest.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"dataset": "tiny"}')
+    with pytest.raises(CacheMismatch) as err:
+        load_graph_manifest(tmp_path, "tiny")
+    assert str(err.value) == (f"{path}: malformed manifest ('graphs'); re-run `python cli.py "
+                              "build-graphs`")
+    path.write_text('{"dataset": "tiny", "graphs": {"inter": "inter-ours-x.h5"}}')
+    assert load_graph_manifest(tmp_path, "tiny") == {"inter": path.parent / "inter-ours-x.h5"}
