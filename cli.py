@@ -199,8 +199,9 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
               help="A feature manifest.json or .h5 files (repeat) "
                    "[default: <artifacts>/features/<dataset>/manifest.json].")
 @click.option("--relation", "relations", multiple=True,
-              type=click.Choice(["inter", "intra", "none"]),
-              help="Build only these relations (repeat) [default: both]; none: import only.")
+              type=click.Choice(["inter", "intra", "text", "none"]),
+              help="Build only these relations (repeat) [default: inter and intra]; text: "
+                   "tweet -> tweets by text (no image), for --context text; none: import only.")
 @click.option("--import-rgcn/--no-import-rgcn", default=None,
               help="Import the authors' lists from <data-dir>/rgcn [default: if it exists].")
 @click.option("--hubness", type=click.Choice(["none", "csls"]), default="none", show_default=True,
@@ -230,12 +231,13 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn,
     """
     from pipeline.data import load_dataset
     from pipeline.diagnostics import plot_k_occurrence, report
-    from pipeline.graphs import RELATIONS, GraphConfig, build_graphs as build, read_graph
+    from pipeline.graphs import DEFAULT_RELATIONS, GraphConfig, build_graphs as build, read_graph
 
     dataset = load_dataset(data_dir)
     config = GraphConfig(k=k, pool=pool, hubness=hubness, ties=ties,
                          approx=None if approx == "none" else approx,
-                         relations=() if "none" in relations else (relations or RELATIONS),
+                         relations=() if "none" in relations
+                         else (relations or DEFAULT_RELATIONS),
                          backend=backend, device=device)
     rgcn_dir = Path(data_dir) / "rgcn"
     use_rgcn = rgcn_dir.is_dir() if import_rgcn is None else import_rgcn
@@ -268,6 +270,11 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn,
 @click.option("--no-intra", is_flag=True, help="Without the intra-modal relation graph.")
 @click.option("--no-gate", is_flag=True, help="Fuse image vectors by plain addition.")
 @click.option("--no-shape", is_flag=True, help="Without the word-shape features.")
+@click.option("--context", type=click.Choice(["none", "inter", "intra", "text"]), default=None,
+              help="Append the tweets paired with a graph's neighbours to the encoder input "
+                   "(text: the build-graphs --relation text graph) [default: none].")
+@click.option("--context-k", type=int, default=None,
+              help="Neighbour tweets appended [default: 3].")
 @click.option("--graph-source", type=click.Choice(["ours", "rgcn"]), default=None,
               help="Our graphs or the authors' imported lists [default: ours].")
 @click.option("--pool", type=click.Choice(["all", "train"]), default=None,
@@ -280,6 +287,10 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn,
               help="Inter-modal graph file [default: from the build-graphs manifest].")
 @click.option("--intra-graph", type=click.Path(path_type=Path), default=None,
               help="Intra-modal graph file [default: from the build-graphs manifest].")
+@click.option("--context-graph", type=click.Path(path_type=Path), default=None,
+              help="Graph file of --context [default: from the build-graphs manifest].")
+@click.option("--context-subwords", type=int, default=None,
+              help="Subword budget of the appended tweets [default: 96].")
 @click.option("--batch-size", type=int, default=None, help="[default: 16]")
 @click.option("--lr-encoder", type=float, default=None, help="[default: 1e-4]")
 @click.option("--lr-head", type=float, default=None, help="New layers' rate [default: 1e-3].")

@@ -4,6 +4,8 @@
   pool; both views must live in the same space (e.g. the sentence encoder applied to the tweet and
   to a caption of the image), else ``SpaceMismatch``.
 - ``intra`` (intra-modal): the ``object_types`` vector of the tweet's own image against the others'.
+- ``text`` (no image involved, built only on request): the tweet's ``text`` vector against the
+  other tweets' ``text`` vectors; the control for retrieval through images (``--context text``).
 
 Cosine similarity (inner product of L2-normalised vectors), exact search by default (see
 ``search.py``). The pool is every image of the dataset (``pool="all"``, the paper's transductive
@@ -44,8 +46,10 @@ __all__ = ["GraphConfig", "BuildResult", "build_graphs", "resolve_features", "re
            "load_graph_manifest", "search", "Graph"]
 
 FORMAT_VERSION = 1
-RELATIONS = ("inter", "intra")
-VIEWS = {"inter": ("text", "image_global"), "intra": ("object_types", "object_types")}
+RELATIONS = ("inter", "intra", "text")
+DEFAULT_RELATIONS = ("inter", "intra")
+VIEWS = {"inter": ("text", "image_global"), "intra": ("object_types", "object_types"),
+         "text": ("text", "text")}
 POOLS = {"all": ("train", "valid", "test"), "train": ("train",)}
 HUBNESS = ("none", "csls")
 TIES = ("random", "index")
@@ -70,7 +74,7 @@ class GraphConfig:
     approx: str | None = None
     ties: str = "random"
     seed: int = 0
-    relations: tuple[str, ...] = RELATIONS
+    relations: tuple[str, ...] = DEFAULT_RELATIONS
     backend: str = "auto"
     device: str = "auto"
     recall_sample: int = 1000

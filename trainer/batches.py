@@ -96,9 +96,11 @@ class Encoded:
         return int(sum(n - len(f) for n, f in zip(self.n_words, self.first)))
 
 
-def encode(examples, tokenizer, label2id: dict[str, int], max_subwords: int) -> Encoded:
+def encode(examples, tokenizer, label2id: dict[str, int], max_subwords: int,
+           context: list[np.ndarray] | None = None) -> Encoded:
     """Tokenise ``examples`` (objects with ``item_id``, ``tokens`` and ``tags``; tags may be
-    empty for unlabelled text) into subword ids with first-subword positions.
+    empty for unlabelled text) into subword ids with first-subword positions; ``context`` (one
+    id array per example, see ``context.context_ids``) is appended after each example's ids.
 
     A word the tokenizer turns into nothing (a bare U+00A0, a control character) is replaced by
     the tokenizer's unknown token, so every word keeps a position and a tag.
@@ -125,7 +127,8 @@ def encode(examples, tokenizer, label2id: dict[str, int], max_subwords: int) -> 
                                 f"{max_subwords}; raise model.max_subwords")
         kept = len(first)
         tags = list(example.tags) or ["O"] * len(words[i])
-        out.input_ids.append(np.asarray(enc["input_ids"][i], dtype=np.int64))
+        ids = np.asarray(enc["input_ids"][i], dtype=np.int64)
+        out.input_ids.append(ids if context is None else np.concatenate([ids, context[i]]))
         out.first.append(np.asarray(first, dtype=np.int64))
         shapes = [word_shape(w, j) for j, w in enumerate(example.tokens[:kept])]
         out.shapes.append(np.asarray(shapes, dtype=np.float32).reshape(kept, len(SHAPE_FEATURES)))

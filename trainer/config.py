@@ -14,6 +14,7 @@ from pipeline.errors import InvalidConfig
 NODE_VIEWS = ("auto", "region_grid", "image_global")
 REGION_POOLS = ("attention", "mean")
 GRAPH_SOURCES = ("ours", "rgcn")
+CONTEXTS = ("none", "inter", "intra", "text")
 POOLS = ("all", "train")
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -28,6 +29,10 @@ class ModelConfig:
     """What the tagger is. ``text_only`` switches every image input off (and with it the graphs and
     the gate); ``inter``/``intra`` switch one relation graph off (the tweet's own image stays);
     ``gate=False`` fuses by plain addition; ``shape=False`` drops the word-shape features.
+    ``context`` appends the tweets paired with the first ``context_k`` neighbours of one graph
+    (``inter``: the images the tweet's text points to; ``intra``: the images like the tweet's own;
+    ``text``: the most similar tweets, no image involved) to the encoder input, after the tweet,
+    within ``context_subwords`` extra subwords; independent of ``text_only``.
     ``encoder="auto"`` picks the best offline encoder for the device
     (``pipeline.packaged.best_available_text_encoder``); the run records the name it chose."""
 
@@ -46,6 +51,9 @@ class ModelConfig:
     dropout: float = 0.1
     max_subwords: int = 128
     bio_constraints: bool = True      # Viterbi decoding never outputs an I-X that continues nothing
+    context: str = "none"             # none, inter, intra or text: the graph giving the tweets
+    context_k: int = 3                # neighbour tweets appended
+    context_subwords: int = 96        # subword budget of the appended tweets (with separators)
 
     def __post_init__(self):
         if self.text_only:  # one switch: no image information at all, so nothing image-side is on
@@ -64,6 +72,12 @@ class ModelConfig:
                f"model.gcn_layers must be in 1..8, got {self.gcn_layers}")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         _check(self.max_subwords >= 8, f"model.max_subwords must be >= 8, got {self.max_subwords}")
+        _check(self.context in CONTEXTS, f"model.context must be one of {', '.join(CONTEXTS)}, "
+               f"got {self.context!r}")
+        _check(1 <= self.context_k <= 100, f"model.context_k must be in 1..100, got "
+               f"{self.context_k}")
+        _check(self.context_subwords >= 8,
+               f"model.context_subwords must be >= 8, got {self.context_subwords}")
 
     @property
     def uses_image(self) -> bool:
@@ -80,7 +94,8 @@ class ModelConfig:
                 ["no-intra"] if not self.intra else [])
         parts += (["no-gate"] if self.uses_image and not self.gate else []) + (
             ["no-shape"] if not self.shape else [])
-        return "-".join(parts) or "full"
+        name = "-".join(parts) or "full"
+        return name if self.context == "none" else f"{name}-ctx-{self.context}"
 
 
 @dataclass(frozen=True)
@@ -113,10 +128,10 @@ class OptimConfig:
 class TrainConfig:
     """One training run: data, the cached inputs to use, model, optimiser, seed and device.
 
-    ``features``/``inter_graph``/``intra_graph`` name files explicitly; left as None they come from
-    the manifests that ``extract`` and ``build-graphs`` wrote for the dataset (``graph_source``
-    picks ours or the authors' imported lists). ``pool`` is the pool the graphs must have been
-    built over (``all`` = transductive, the paper's; ``train`` = inductive).
+    ``features``/``inter_graph``/``intra_graph``/``context_graph`` name files explicitly; left as
+    None they come from the manifests that ``extract`` and ``build-graphs`` wrote for the dataset
+    (``graph_source`` picks ours or the authors' imported lists). ``pool`` is the pool the graphs
+    must have been built over (``all`` = transductive, the paper's; ``train`` = inductive).
     """
 
     data_dir: str
@@ -130,12 +145,14 @@ class TrainConfig:
     features: str | None = None
     inter_graph: str | None = None
     intra_graph: str | None = None
+    context_graph: str | None = None
     slug: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self):
-        for name in ("data_dir", "artifacts", "features", "inter_graph", "intra_graph"):
+        for name in ("data_dir", "artifacts", "features", "inter_graph", "intra_graph",
+                     "context_graph"):
             value = getattr(self, name)
             if isinstance(value, Path):
                 object.__setattr__(self, name, str(value))
@@ -201,10 +218,12 @@ class TrainConfig:
 OVERRIDES = {  # flat option name -> (group, field); "" is TrainConfig itself
     **{name: ("", name) for name in ("data_dir", "artifacts", "seed", "device", "precision",
                                      "deterministic", "graph_source", "pool", "features",
-                                     "inter_graph", "intra_graph", "slug")},
+                                     "inter_graph", "intra_graph", "context_graph",
+                                     "slug")},
     **{name: ("model", name) for name in ("encoder", "text_only", "k", "node_view", "region_pool",
                                           "graph_dim", "gcn_layers", "heads", "dropout",
-                                          "max_subwords")},
+                                          "max_subwords", "context", "context_k",
+                                          "context_subwords")},
     "no_inter": ("model", "inter"), "no_intra": ("model", "intra"), "no_gate": ("model", "gate"),
     "no_shape": ("model", "shape"),
     **{name: ("optim", name) for name in ("epochs", "batch_size", "lr_encoder", "lr_head",

@@ -37,6 +37,7 @@ class TrainInputs:
     dataset: Dataset
     image: ImageInputs | None = None
     files: dict = field(default_factory=dict)
+    context: dict[str, list[str]] | None = None   # item -> neighbour tweet ids (model.context)
 
     def record(self, **extra) -> dict:
         return {"dataset": self.dataset.name, "data_dir": str(Path(self.dataset.root).resolve()),
@@ -49,16 +50,18 @@ def split_fingerprints(dataset: Dataset) -> dict:
             for name, tweets in dataset.splits.items()}
 
 
-def _graph_key(relation: str, source: str) -> str:
-    return relation if source == "ours" else f"{relation}-{source}"
+def graph_key(relation: str, source: str) -> str:
+    """The build-graphs manifest key of a relation's graph (the text graph is only ours)."""
+    return relation if relation == "text" or source == "ours" else f"{relation}-{source}"
 
 
 def resolve_files(config: TrainConfig, dataset: Dataset) -> dict[str, Path]:
-    """``{"features": path, "inter": path, "intra": path}`` (graphs only for relations in use)."""
+    """``{"features": path, "inter": path, "intra": path, "context": path}`` (features only for an
+    image model, graphs only for the relations and the context in use)."""
     model, files = config.model, {}
-    if config.features:
+    if model.uses_image and config.features:
         files["features"] = Path(config.features)
-    else:
+    elif model.uses_image:
         from pipeline.features import load_manifest
         views = load_manifest(config.artifacts, dataset.name)
         view = model.node_view if model.node_view != "auto" else next(
@@ -67,34 +70,54 @@ def resolve_files(config: TrainConfig, dataset: Dataset) -> dict[str, Path]:
             raise MissingInput(f"no {view} features for {dataset.name} in {config.artifacts}; run "
                                f"`python cli.py extract --data-dir {config.data_dir}` first")
         files["features"] = Path(views[view])
-    wanted = [r for r, on in (("inter", model.inter), ("intra", model.intra)) if on]
-    given = {"inter": config.inter_graph, "intra": config.intra_graph}
+    wanted = {r: graph_key(r, config.graph_source)
+              for r, on in (("inter", model.inter), ("intra", model.intra)) if on}
+    if model.context != "none":
+        wanted["context"] = graph_key(model.context, config.graph_source)
+    given = {"inter": config.inter_graph, "intra": config.intra_graph,
+             "context": config.context_graph}
     if any(not given[r] for r in wanted):
         from pipeline.graphs import load_graph_manifest
         manifest = load_graph_manifest(config.artifacts, dataset.name)
-    for relation in wanted:
-        key = _graph_key(relation, config.graph_source)
-        if given[relation]:
-            files[relation] = Path(given[relation])
+    for name, key in wanted.items():
+        if given[name]:
+            files[name] = Path(given[name])
         elif key in manifest:
-            files[relation] = Path(manifest[key])
+            files[name] = Path(manifest[key])
         else:
+            extra = " --relation text" if key == "text" else ""
             raise MissingInput(f"no {key} graph for {dataset.name} in {config.artifacts}; run "
-                               f"`python cli.py build-graphs --data-dir {config.data_dir}` first")
+                               f"`python cli.py build-graphs --data-dir {config.data_dir}{extra}` "
+                               "first")
     return files
 
 
 def load_inputs(config: TrainConfig, log=None) -> TrainInputs:
     """The dataset of ``config.data_dir`` and, unless text-only, its node features and graphs."""
     dataset = load_dataset(config.data_dir)
-    if not config.model.uses_image:
-        return TrainInputs(dataset)
     files = resolve_files(config, dataset)
-    inputs = build_inputs(dataset, files, config.model.k, config.pool, config.model.node_view)
-    if log is not None:
-        counts = inputs.files["masked"]
-        log(f"node features: {inputs.image.view} {list(inputs.image.node_shape)} from "
-            f"{files['features']}; masked: {counts}")
+    return _assemble(dataset, files, config, log)
+
+
+def _assemble(dataset: Dataset, files: dict[str, Path], config: TrainConfig,
+              log=None) -> TrainInputs:
+    """Image inputs (an image model) and neighbour context (``model.context``) from ``files``."""
+    model = config.model
+    inputs = TrainInputs(dataset)
+    if model.uses_image:
+        inputs = build_inputs(dataset, files, model.k, config.pool, model.node_view)
+        if log is not None:
+            log(f"node features: {inputs.image.view} {list(inputs.image.node_shape)} from "
+                f"{files['features']}; masked: {inputs.files['masked']}")
+    if model.context != "none":
+        from .context import load_context
+
+        inputs.context, inputs.files["context"] = load_context(
+            files["context"], dataset, model.context_k, config.pool)
+        if log is not None:
+            log(f"context: {model.context_k} neighbour tweets by the {model.context} graph "
+                f"{files['context']}; {inputs.files['context']['items_with_fewer']} items have "
+                "fewer")
     return inputs
 
 
@@ -132,7 +155,7 @@ def build_inputs(dataset: Dataset, files: dict[str, Path], k: int, pool: str,
                                     np.zeros((len(items), k), np.float32))
             continue
         graph = read_graph(files[relation])
-        _check_graph(graph, files[relation], dataset, pool)
+        check_graph(graph, files[relation], dataset, pool)
         I, D, flagged = graph.lookup(items, k)
         pool_rows = np.array([row_of.get(p, -1) for p in graph.pool_ids], dtype=np.int64)
         declared = set(graph.attrs.get("pool_unknown") or ())   # imported ids with no image
@@ -163,7 +186,7 @@ def _same_dataset(path, recorded, dataset: Dataset, command: str) -> None:
                             f"`python cli.py {command} --data-dir {dataset.root}` first")
 
 
-def _check_graph(graph, path, dataset: Dataset, pool: str) -> None:
+def check_graph(graph, path, dataset: Dataset, pool: str) -> None:
     _same_dataset(path, graph.attrs.get("dataset"), dataset, "build-graphs")
     if graph.attrs.get("pool") != pool:
         raise CacheMismatch(f"{path}: built over pool '{graph.attrs.get('pool')}' but this run "
@@ -184,16 +207,14 @@ def inputs_from_record(run_dir, config: TrainConfig) -> TrainInputs:
         if now.get(split, {}).get("sha256") != expected["sha256"]:
             raise CacheMismatch(f"{dataset.root}/{split}.txt: changed since run {run_dir.name} "
                                 "was trained; evaluate needs the data it was trained on")
-    if not record.get("image"):
-        return TrainInputs(dataset)
     files = {}
-    for name in ("features", "inter", "intra"):
-        entry = record["image"].get(name)
+    for name in ("features", "inter", "intra", "context"):
+        entry = (record.get("image") or {}).get(name)
         if entry is None:
             continue
         files[name] = Path(entry["path"])
         _check_fingerprint(files[name], entry["fingerprint"], run_dir, name)
-    return build_inputs(dataset, files, config.model.k, config.pool, config.model.node_view)
+    return _assemble(dataset, files, config)
 
 
 def _check_fingerprint(path: Path, expected: str, run_dir: Path, name: str) -> None:

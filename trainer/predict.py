@@ -21,11 +21,9 @@ from pipeline.errors import InvalidConfig, MissingInput
 
 from .batches import Collator, ImageInputs, encode
 from .config import TrainConfig
+from .context import context_ids, tweet_words
 from .inputs import TrainInputs, inputs_from_record
 from .loop import Split, evaluate
-
-RELATION_VIEWS = {"inter": ("text", "image_global"), "intra": ("object_types", "object_types")}
-
 
 @dataclass
 class Example:
@@ -174,7 +172,9 @@ def _neighbours(relation: str, entry: dict, new: list[Example], k: int, device: 
         raise InvalidConfig(f"{entry['path']}: neighbours of new tweets can be computed only for "
                             "cosine-ranked graphs built by build-graphs; tag dataset items instead")
     folder = Path(entry["path"]).parents[2] / "features" / graph.attrs["dataset"]
-    query_view, pool_view = RELATION_VIEWS[relation]
+    from pipeline.graphs import VIEWS
+
+    query_view, pool_view = VIEWS[relation]
     files = {v: folder / graph.attrs["inputs"][v]["file"] for v in (query_view, pool_view)}
     for view, path in files.items():
         if not path.is_file():
@@ -233,6 +233,22 @@ def image_inputs_for(examples: list[Example], inputs: TrainInputs, config: Train
                         image.view, image.table_ids), neighbours, len(known))
 
 
+def context_for(examples: list[Example], inputs: TrainInputs, config: TrainConfig,
+                device: str = "cpu") -> list[list[str]]:
+    """The neighbour tweets (``model.context``) of each example: recorded for dataset items,
+    searched in the context graph's pool for new ones (as ``_neighbours`` does)."""
+    k = config.model.context_k
+    found = [inputs.context.get(e.item_id) for e in examples]
+    new = [i for i, got in enumerate(found) if got is None]
+    if new:
+        tweets = set(inputs.dataset.item_ids())
+        ids, _ = _neighbours(config.model.context, inputs.files["context"],
+                             [examples[i] for i in new], k, device)
+        for j, i in enumerate(new):
+            found[i] = [n for n in ids[j] if n is not None and n in tweets][:k]
+    return found
+
+
 def predict(run_dir, examples: list[Example], device: str = "auto") -> Prediction:
     """Tag ``examples`` with the run in ``run_dir`` (see the module docstring)."""
     import torch
@@ -253,7 +269,14 @@ def predict(run_dir, examples: list[Example], device: str = "auto") -> Predictio
     image, neighbours, known = None, [{} for _ in examples], 0
     if config.model.uses_image:
         image, neighbours, known = image_inputs_for(examples, inputs, config, str(torch_device))
-    encoded = encode(examples, tokenizer, meta["label2id"], config.model.max_subwords)
+    context = None
+    if config.model.context != "none":
+        found = context_for(examples, inputs, config, str(torch_device))
+        for record, ids in zip(neighbours, found):
+            record["context"] = ids
+        context = context_ids(found, tweet_words(inputs.dataset), tokenizer,
+                              config.model.context_subwords)
+    encoded = encode(examples, tokenizer, meta["label2id"], config.model.max_subwords, context)
     collator = Collator(encoded, tokenizer.pad_token_id, image, np.arange(len(examples)),
                         config.model.inter, config.model.intra, config.model.k)
     labelled = all(e.tags for e in examples)

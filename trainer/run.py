@@ -31,6 +31,7 @@ from pipeline.progress import no_progress
 
 from .batches import Collator, encode
 from .config import TrainConfig
+from .context import context_ids, tweet_words
 from .inputs import TrainInputs, load_inputs
 from .loop import Split, evaluate, train
 from .metrics import format_table, mean_std
@@ -82,10 +83,13 @@ def make_splits(inputs: TrainInputs, tokenizer, config: TrainConfig, label2id,
     """Encoded splits (all, or ``only`` one) with collators for ``config.model``."""
     model = config.model
     splits = {}
+    words = tweet_words(inputs.dataset) if inputs.context is not None else None
     for name, tweets in inputs.dataset.splits.items():
         if only is not None and name != only:
             continue
-        encoded = encode(tweets, tokenizer, label2id, model.max_subwords)
+        context = None if words is None else context_ids(
+            [inputs.context[t.item_id] for t in tweets], words, tokenizer, model.context_subwords)
+        encoded = encode(tweets, tokenizer, label2id, model.max_subwords, context)
         rows = None
         if model.uses_image:
             rows = np.array([inputs.image.row_of[t.item_id] for t in tweets], dtype=np.int64)
@@ -155,10 +159,25 @@ def resolved(config: TrainConfig, inputs: TrainInputs) -> TrainConfig:
     """``config`` with the node view and the feature / graph files actually used written in, so
     that its ``config.json`` retrains on the same inputs even after the manifests move on."""
     files = inputs.files or {}
-    names = (("features", "features"), ("inter_graph", "inter"), ("intra_graph", "intra"))
+    names = (("features", "features"), ("inter_graph", "inter"), ("intra_graph", "intra"),
+             ("context_graph", "context"))
     paths = {name: files[key]["path"] for name, key in names if key in files}
-    return dataclasses.replace(config, **paths, model=dataclasses.replace(
-        config.model, node_view=inputs.image.view))
+    model = config.model
+    if inputs.image is not None and model.uses_image:
+        model = dataclasses.replace(model, node_view=inputs.image.view)
+    return dataclasses.replace(config, **paths, model=model)
+
+
+def check_lengths(splits: dict[str, Split], tokenizer, backbone) -> None:
+    """Refuse inputs longer than the encoder can position (the context makes them longer)."""
+    limit = getattr(backbone.config, "max_position_embeddings", None)
+    if getattr(tokenizer, "model_max_length", 0) < 1_000_000:
+        limit = min(limit or tokenizer.model_max_length, tokenizer.model_max_length)
+    longest = max((len(ids) for split in splits.values() for ids in split.encoded.input_ids),
+                  default=0)
+    if limit and longest > limit:
+        raise InvalidConfig(f"an input holds {longest} subwords but the encoder takes at most "
+                            f"{limit}; lower --context-subwords or model.max_subwords")
 
 
 def prepare(config: TrainConfig, inputs: TrainInputs) -> Prepared:
@@ -167,10 +186,12 @@ def prepare(config: TrainConfig, inputs: TrainInputs) -> Prepared:
 
     seed_everything(config.seed, config.deterministic)
     device = resolve_device(config.device)
-    if inputs.image is not None and config.model.uses_image:
-        config = resolved(config, inputs)
-    elif config.model.uses_image:
+    if config.model.uses_image and inputs.image is None:
         raise InvalidConfig("an image model needs image inputs; load them with load_inputs")
+    if config.model.context != "none" and inputs.context is None:
+        raise InvalidConfig("a context model needs its neighbour tweets; load them with "
+                            "load_inputs")
+    config = resolved(config, inputs)
     if config.model.encoder == "auto":
         from pipeline.packaged import best_available_text_encoder
         config = dataclasses.replace(config, model=dataclasses.replace(
@@ -178,6 +199,7 @@ def prepare(config: TrainConfig, inputs: TrainInputs) -> Prepared:
     tokenizer, backbone, encoder_record = load_text_backbone(config.model.encoder)
     labels = label_list()
     splits = make_splits(inputs, tokenizer, config, {t: i for i, t in enumerate(labels)})
+    check_lengths(splits, tokenizer, backbone)
     node_shape = inputs.image.node_shape if config.model.uses_image else None
     # fp32 master weights even when the encoder was stored in fp16 (a transport copy):
     # mixed precision comes from autocast, never from half-precision parameters

@@ -1,0 +1,62 @@
+"""Neighbour context: the tweets paired with an example's graph neighbours, appended to its
+encoder input.
+
+R-GCN's idea is to learn from *other* (text, image) pairs of the dataset. The node features carry
+the neighbours' images; ``model.context`` carries their tweets: for an example, the first
+``context_k`` neighbours (best first) of one graph that have a tweet in the dataset give their
+words, appended after the example's own ``[SEP]``, each closed by ``[SEP]``, within
+``context_subwords`` subwords. The example's words keep their positions, so tagging is unchanged;
+the appended words are never tagged. ``inter`` reaches the pairs through the images the tweet's
+text points to, ``intra`` through the images like its own, ``text`` by tweet similarity alone
+(the control with no image involved). Neighbours are never labels: only words travel.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def load_context(path: Path, dataset, k: int, pool: str) -> tuple[dict[str, list[str]], dict]:
+    """``({item: [neighbour tweet ids, best first, at most k]}, record)`` from one graph file.
+
+    Neighbours without a tweet in the dataset (the authors' pool holds a few ids with no tweet)
+    are skipped, so the next one takes the place."""
+    from pipeline.graphs import read_graph
+
+    from .inputs import check_graph
+
+    graph = read_graph(path)
+    check_graph(graph, path, dataset, pool)
+    items = dataset.item_ids()
+    tweets = set(items)
+    ids, _ = graph.neighbours(items)
+    context = {item: [n for n in found if n in tweets][:k] for item, found in zip(items, ids)}
+    short = sum(len(found) < k for found in context.values())
+    record = {"path": str(Path(path).resolve()), "fingerprint": graph.attrs.get("fingerprint"),
+              "relation": graph.attrs.get("relation"), "source": graph.attrs.get("source"),
+              "pool": graph.attrs.get("pool"), "context_k": k,
+              "items_with_fewer": int(short)}
+    return context, record
+
+
+def context_ids(neighbours: list[list[str]], words_of: dict[str, list[str]], tokenizer,
+                budget: int) -> list[np.ndarray]:
+    """Per example, the subword ids to append: each neighbour tweet's subwords then ``[SEP]``,
+    cut to ``budget`` ids (the last one always ``[SEP]``); an empty array without neighbours."""
+    wanted = sorted({n for found in neighbours for n in found})
+    sep = tokenizer.sep_token_id
+    encoded = tokenizer([" ".join(words_of[n]) for n in wanted], add_special_tokens=False)
+    pieces = {n: list(ids) + [sep] for n, ids in zip(wanted, encoded["input_ids"])}
+    out = []
+    for found in neighbours:
+        ids = [i for n in found for i in pieces[n]]
+        if len(ids) > budget:
+            ids = ids[:budget - 1] + [sep]
+        out.append(np.asarray(ids, dtype=np.int64))
+    return out
+
+
+def tweet_words(dataset) -> dict[str, list[str]]:
+    """Every tweet's words by item id, all splits."""
+    return {t.item_id: list(t.tokens) for tweets in dataset.splits.values() for t in tweets}
