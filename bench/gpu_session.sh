@@ -6,6 +6,7 @@
 #
 #   bash bench/gpu_session.sh setup features bench     # then, in a second call:
 #   bash bench/gpu_session.sh setup train
+#   bash bench/gpu_session.sh setup matrix             # issue 6: RESULTS.md (see results_matrix.py)
 #
 # Logs and JSON are packed into $OUT/gpu-results.tgz (bench/gpu-results.tgz without $OUT).
 set -euo pipefail
@@ -63,6 +64,23 @@ train() {
     wait
     tail -n 12 "$out"/train-*.log
     tar czf "$out/runs.tgz" --exclude='*.safetensors' artifacts/runs
+}
+
+# The issue-6 results matrix (bench/results_matrix.py), every row, resumable: a later call that
+# runs this stage again skips finished runs. MATRIX_ARGS adds options (e.g. --rows, --deadline).
+matrix() {
+    export OMP_NUM_THREADS=4 MKL_NUM_THREADS=4
+    python3 bench/results_matrix.py --data-root "$data" --encoder "${ENCODER:-/tmp/minilm-l6-fp16}" \
+        --device cuda --per-gpu "${PER_GPU:-4}" ${MATRIX_ARGS:-} prepare train report \
+        2>&1 | tee -a "$out/matrix.log"
+    collect
+}
+
+# What a matrix has produced so far, without checkpoints or feature files: run records, logs,
+# graph files and manifests, RESULTS.md and the CSV/JSON.
+collect() {
+    tar czf "$out/matrix.tgz" --exclude='*.safetensors' --exclude='features/*/*.h5' \
+        --exclude='*.conll' artifacts/matrix RESULTS.md bench/results/matrix.* 2>/dev/null || true
 }
 
 for stage in "$@"; do "$stage"; done
