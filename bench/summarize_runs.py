@@ -36,20 +36,31 @@ def run_key(config: dict, env: dict) -> tuple:
             env.get("device", {}).get("gpu") or "CPU")
 
 
+def read_run(folder) -> dict:
+    """A finished run folder's records: ``{"folder", "config", "env", "results"}``."""
+    folder = Path(folder)
+    return {"folder": folder, "config": json.loads((folder / "config.json").read_text()),
+            "env": json.loads((folder / "env.json").read_text()),
+            "results": json.loads((folder / "results.json").read_text())}
+
+
+def collect_records(roots) -> list[dict]:
+    """``read_run`` of every finished run folder (one with results.json) under ``roots``."""
+    return [read_run(results.parent) for root in roots
+            for results in sorted(Path(root).glob("*/results.json"))]
+
+
 def collect(roots) -> dict[tuple, list[dict]]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for root in roots:
-        for results in sorted(Path(root).glob("*/results.json")):
-            folder = results.parent
-            config = json.loads((folder / "config.json").read_text())
-            env = json.loads((folder / "env.json").read_text())
-            groups[run_key(config, env)].append(json.loads(results.read_text()))
+    for record in collect_records(roots):
+        groups[run_key(record["config"], record["env"])].append(record["results"])
     return groups
 
 
-def row(key: tuple, runs: list[dict]) -> dict:
-    out = dict(zip(("dataset", "encoder", "variant", "graphs", "pool", "nodes", "machine"), key))
-    out["seeds"] = len(runs)
+def scores(runs: list[dict]) -> dict:
+    """Seeds, mean ± std of test P/R/F1 (both modes, %), per-type F1 (conlleval) and mean wall
+    seconds over the ``results.json`` records of several runs."""
+    out = {"seeds": len(runs)}
     for mode in ("conlleval", "strict"):
         for metric in ("precision", "recall", "f1"):
             values = [100 * r["test"][mode]["overall"][metric] for r in runs]
@@ -58,6 +69,12 @@ def row(key: tuple, runs: list[dict]) -> dict:
         out[f"F1_{etype}"] = mean_std([100 * r["test"]["conlleval"]["types"][etype]["f1"]
                                        for r in runs])
     out["seconds"] = sum(r["seconds"] for r in runs) / len(runs)
+    return out
+
+
+def row(key: tuple, runs: list[dict]) -> dict:
+    out = dict(zip(("dataset", "encoder", "variant", "graphs", "pool", "nodes", "machine"), key))
+    out.update(scores(runs))
     return out
 
 
