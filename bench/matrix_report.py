@@ -11,6 +11,7 @@ in the dataset's graph manifest.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -21,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.matrix_runner import RUN_NAME  # noqa: E402
+from bench.matrix_runner import RUN_NAME, scan_runs  # noqa: E402
 from bench.summarize_runs import collect_records, scores  # noqa: E402
 from pipeline.artifacts import atomic_path  # noqa: E402
 from pipeline.errors import MnerError  # noqa: E402
@@ -352,10 +353,28 @@ def write_text(path: Path, text: str) -> None:
         Path(tmp).write_text(text, encoding="utf-8")
 
 
-def write_report(config, rows, gains, status: dict, commands: dict, paper=PAPER) -> list[Path]:
-    """Write ``config.results`` (markdown), ``config.csv`` and ``config.json``; their paths."""
+def report_scope(config, table, status: dict):
+    """``(config, rows)`` of the report: the planned datasets and rows plus any others with
+    finished or failed runs in the artifacts folder, so that a call on a subset (--rows,
+    --datasets) does not drop the rest from RESULTS.md."""
+    finished = [*scan_runs(config.artifacts / "runs")[0], *status.get("runs", {})]
+    features = config.artifacts / "features"
+    more = sorted(p.name for p in features.iterdir() if p.is_dir() and any(
+        slug.startswith(f"{p.name}-") for slug in finished)) if features.is_dir() else []
+    datasets = tuple(dict.fromkeys([*config.datasets, *more]))
+    rows = [row for row in table if row.name in config.rows or any(
+        slug.startswith(f"{ds}-{row.name}-s") for slug in finished for ds in datasets)]
+    return dataclasses.replace(config, datasets=datasets, rows=tuple(r.name for r in rows)), rows
+
+
+def write_report(config, table, gains, status: dict, commands_for, paper=PAPER) -> list[Path]:
+    """Write ``config.results`` (markdown), ``config.csv`` and ``config.json`` for the rows of
+    ``table`` in ``report_scope``; ``commands_for(config, rows)`` gives the commands to
+    reproduce them. Returns the paths written."""
     from bench.machine import machine
 
+    config, rows = report_scope(config, table, status)
+    commands = commands_for(config, rows)
     found = finished_runs(config.artifacts / "runs", config, rows)
     here = machine("cpu")
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

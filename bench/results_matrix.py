@@ -335,8 +335,7 @@ def run(config: MatrixConfig, stages, table=ROWS, gains=GAINS, argv=()) -> int:
             codes.append(run_train(config, plan(config, table), skip, status, started))
         if "report" in stages:
             from bench.matrix_report import write_report
-            written = write_report(config, rows, gains, status.data,
-                                   reproduce_commands(config, rows))
+            written = write_report(config, table, gains, status.data, reproduce_commands)
             print("\n".join(f"wrote {path}" for path in written), flush=True)
     return EXIT_FAILED if EXIT_FAILED in codes else max(codes)
 

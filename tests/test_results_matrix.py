@@ -252,3 +252,7 @@ def test_tiny_matrix_end_to_end_through_the_cli(tmp_path, tiny_encoder, capsys):
     printed = capsys.readouterr().out                                   # failed run again
     assert "[train] 3 runs planned: 2 done (skipped), 1 to launch" in printed
     assert len(list((tmp_path / "a" / "runs").iterdir())) == 2
+    subset = [a if a != "text-only,full,broken" else "text-only" for a in argv]
+    assert matrix.main(["report", *subset], table=table) == 0     # a subset keeps the rest
+    text = (tmp_path / "R.md").read_text()
+    assert "| full: R-GCN, our graphs | 1/1 | " in text and "| broken: a row whose" in text
