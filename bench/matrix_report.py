@@ -124,7 +124,7 @@ def gains_rows(summaries: dict[str, dict], gains) -> list[dict]:
         if all(values):
             line.update(gain(*[[v["conlleval"] for v in side] for side in values]))
         else:
-            line["verdict"] = "not run: " + ", ".join(x for x, v in zip((a, b), values) if not v)
+            line["verdict"] = "no finished runs: " + ", ".join(x for x, v in zip((a, b), values) if not v)
         out.append(line)
     return out
 
@@ -156,7 +156,7 @@ def main_table(summaries: list[dict]) -> str:
 
 
 def failures(summaries: list[dict]) -> str:
-    lines = [f"- {s['row']}, seed {seed}: failed: `{error}`"
+    lines = [f"- {s['row']}, seed {seed}: failed: `` {error} ``"
              for s in summaries for seed, error in sorted(s["failed"].items())]
     return "\n".join(["Failed runs (their logs are in <artifacts>/logs/<dataset>-<row>-s<seed>"
                       ".log; they are launched again on the next call):", *lines]) if lines else ""

@@ -206,11 +206,11 @@ def test_report_from_real_run_folders(tmp_path):
     assert "| 212 | NVIDIA H200 | 87.11 |" in text and "F1 MISC" in text
     assert "| ctx-images: text + tweets of the inter-modal neighbour images as context | " \
            "0/3 (failed) |" in text
-    assert "- ctx-images, seed 1: failed: `Error: No such option: --context`" in text
+    assert "- ctx-images, seed 1: failed: `` Error: No such option: --context ``" in text
     assert ("| full - text-only | image gain | 3 / 3 | -0.35 | 0.32 | 0.54 | within noise |"
             in text)
-    assert "| full - no-graphs | relation gain (both graphs) | - | - | - | - | not run: " \
-           "no-graphs |" in text
+    assert "| full - no-graphs | relation gain (both graphs) | - | - | - | - | no finished " \
+           "runs: no-graphs |" in text
     assert "| text encoder | /tmp/minilm-l6-fp16 |" in text
     assert ("| inter-modal graph | ours graph, pool all, K=5, space sentence:minilm-l6 "
             "(inter-ours-34cec8f8da3b.h5) (rows: full) |") in text
