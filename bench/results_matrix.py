@@ -67,9 +67,9 @@ ROWS = (
     Row("full-rgcn", "R-GCN, the authors' graphs", ("--graph-source", "rgcn"), False,
         ("inter-rgcn", "intra-rgcn"), "R-GCN", 1.3),
     Row("ctx-images", "text + tweets of the inter-modal neighbour images as context",
-        ("--text-only", "--context", "inter"), False, ("inter",), "", 2.0),
+        ("--text-only", "--context", "inter"), True, ("inter",), "", 2.0),
     Row("ctx-text", "text + nearest tweets by text as context (control)",
-        ("--text-only", "--context", "text"), False, ("text",), "", 2.0),
+        ("--text-only", "--context", "text"), True, ("text",), "", 2.0),
 )
 
 # (a, b, what a - b measures): the gains section of the report, in this order.

@@ -42,9 +42,9 @@ def config(tmp_path, **kw):
 def test_plan_lists_every_run_longest_first(tmp_path):
     cfg = config(tmp_path, datasets=("twitter2017", "twitter2015"))
     jobs = matrix.plan(cfg)
-    assert len(jobs) == 2 * (3 * 5 + 6 * 3) and len({j.slug for j in jobs}) == len(jobs)
-    assert [j.dataset for j in jobs] == ["twitter2015"] * 33 + ["twitter2017"] * 33
-    order = list(dict.fromkeys(j.row.name for j in jobs[:33]))
+    assert len(jobs) == 2 * (5 * 5 + 4 * 3) and len({j.slug for j in jobs}) == len(jobs)
+    assert [j.dataset for j in jobs] == ["twitter2015"] * 37 + ["twitter2017"] * 37
+    order = list(dict.fromkeys(j.row.name for j in jobs[:37]))
     assert order == ["ctx-images", "ctx-text", "full", "no-gate", "full-rgcn", "no-inter",
                      "no-intra", "no-graphs", "text-only"]
     assert [j.seed for j in jobs if j.dataset == "twitter2017" and j.row.name == "full"] == [
@@ -205,7 +205,7 @@ def test_report_from_real_run_folders(tmp_path):
            "83.15 ± 0.15 |" in text
     assert "| 212 | NVIDIA H200 | 87.11 |" in text and "F1 MISC" in text
     assert "| ctx-images: text + tweets of the inter-modal neighbour images as context | " \
-           "0/3 (failed) |" in text
+           "0/4 (failed) |" in text
     assert "- ctx-images, seed 1: failed: `` Error: No such option: --context ``" in text
     assert ("| full - text-only | image gain | 3 / 3 | -0.35 | 0.32 | 0.54 | within noise |"
             in text)
