@@ -70,6 +70,14 @@ ROWS = (
         ("--text-only", "--context", "inter"), True, ("inter",), "", 2.0),
     Row("ctx-text", "text + nearest tweets by text as context (control)",
         ("--text-only", "--context", "text"), True, ("text",), "", 2.0),
+    Row("ctx-images-k5", "ctx-images with 5 neighbour tweets (160 subwords)",
+        ("--text-only", "--context", "inter", "--context-k", "5", "--context-subwords", "160"),
+        True, ("inter",), "", 2.5),
+    Row("full-ctx-images", "R-GCN, our graphs, + ctx-images",
+        ("--context", "inter"), True, ("inter", "intra"), "", 2.3),
+    Row("ctx-images-train", "ctx-images, neighbours from the train pool only (inductive)",
+        ("--text-only", "--context", "inter", "--pool", "train"), True, ("inter@train",), "",
+        2.0),
 )
 
 # (a, b, what a - b measures): the gains section of the report, in this order.
@@ -83,6 +91,10 @@ GAINS = (
     ("ctx-images", "text-only", "neighbour-image tweets as context"),
     ("ctx-text", "text-only", "nearest-text tweets as context"),
     ("ctx-images", "ctx-text", "image neighbours vs text neighbours"),
+    ("ctx-images-k5", "text-only", "5 neighbour-image tweets as context"),
+    ("full-ctx-images", "text-only", "R-GCN + neighbour-image tweets"),
+    ("full-ctx-images", "full", "context on top of R-GCN"),
+    ("ctx-images-train", "text-only", "neighbour-image tweets, train pool (inductive)"),
 )
 
 STAGES = ("prepare", "train", "report")
@@ -220,6 +232,13 @@ def prepare_commands(config: MatrixConfig, dataset: str, rows) -> list[tuple[str
     if any("text" in row.graphs for row in rows):
         steps.append(("text-graph", cli_command(
             "build-graphs", "--data-dir", data, "--artifacts", art, "--relation", "text",
+            "--no-import-rgcn", "--device", device, "--quiet"), False))
+    inductive = sorted({g.split("@")[0] for row in rows for g in row.graphs
+                        if g.endswith("@train")})
+    if inductive:
+        relations = [arg for relation in inductive for arg in ("--relation", relation)]
+        steps.append(("train-pool-graphs", cli_command(
+            "build-graphs", "--data-dir", data, "--artifacts", art, "--pool", "train", *relations,
             "--no-import-rgcn", "--device", device, "--quiet"), False))
     return steps
 

@@ -55,7 +55,16 @@ def package_versions(names=PACKAGES) -> dict[str, str | None]:
 
 
 def code_version() -> dict[str, str | bool | None]:
-    """Git SHA of the project checkout and whether it has uncommitted changes (None outside git)."""
+    """Git SHA of the project checkout and whether it has uncommitted changes (None outside git).
+
+    ``MNER_GIT_SHA`` (40 hex digits) names the commit of a copy of the tree whose own git history
+    is missing or stale (a lent GPU machine); the record then says where the SHA came from."""
+    from . import __version__
+
+    given = os.environ.get("MNER_GIT_SHA", "").strip().lower()
+    if re.fullmatch(r"[0-9a-f]{40}", given):
+        return {"package": __version__, "git_sha": given, "git_dirty": None,
+                "git_sha_from": "MNER_GIT_SHA"}
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
@@ -67,7 +76,6 @@ def code_version() -> dict[str, str | bool | None]:
         sha, dirty = None, None
     if sha is not None and not re.fullmatch(r"[0-9a-f]{40}", sha):
         sha = None          # a copy of the tree without git history answers "HEAD"
-    from . import __version__
     return {"package": __version__, "git_sha": sha, "git_dirty": dirty if sha else None}
 
 

@@ -105,9 +105,17 @@ class GraphConfig:
         return dataclasses.asdict(self)
 
 
+def manifest_key(relation: str, source: str = "ours", pool: str = "all") -> str:
+    """A graph's name in the build-graphs manifest: ``inter``, ``intra``, ``text`` (ours, pool
+    all), ``inter-rgcn`` / ``intra-rgcn`` (the authors'), ``inter@train`` (ours over the train
+    pool), so that graphs of both pools live side by side."""
+    name = relation if source == "ours" else f"{relation}-{source}"
+    return name if pool == "all" else f"{name}@{pool}"
+
+
 @dataclass
 class BuildResult:
-    name: str                # inter, intra, inter-rgcn, intra-rgcn
+    name: str                # the manifest key: inter, intra, inter-rgcn, inter@train, ...
     path: Path
     reused: bool
     notes: list[str] = field(default_factory=list)
@@ -254,8 +262,9 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
     inputs = {v.name: {"file": v.path.name, "fingerprint": v.fingerprint} for v in (qv, bv)}
     fp = _fingerprint(relation, dataset, candidates, inputs, config)
     path = graph_path(artifacts, dataset.name, relation, "ours", fp)
+    name = manifest_key(relation, "ours", config.pool)
     if reusable(path, fp, overwrite):
-        return BuildResult(relation, path, reused=True)
+        return BuildResult(name, path, reused=True)
     queries = dataset.item_ids()
     xq, q_ok, reasons = _usable(qv, queries)
     xb, b_ok, _ = _usable(bv, candidates)
@@ -287,7 +296,7 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
         attrs["recall_at_k"] = info["recall_at_k"]
     graph = Graph(queries, pool_ids, I, D, ~q_ok, attrs, flag_reason=reasons)
     write_graph(graph, path)
-    return BuildResult(relation, path, reused=False, notes=notes)
+    return BuildResult(name, path, reused=False, notes=notes)
 
 
 def build_graphs(dataset: Dataset, artifacts, config: GraphConfig, *, features=(),

@@ -145,3 +145,14 @@ def test_a_tmp_from_the_h5py_writer_resumes_through_h5py(tmp_path):
     again.write([3, 4], rows_of([3, 4]), [True, True], ["", ""])
     assert again.raw is None
     assert read_features(again.finish()).features[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_code_version_takes_the_commit_named_for_a_tree_copied_without_history(monkeypatch):
+    from pipeline.artifacts import code_version
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("MNER_GIT_SHA", sha)
+    assert code_version() == {"package": code_version()["package"], "git_sha": sha,
+                              "git_dirty": None, "git_sha_from": "MNER_GIT_SHA"}
+    monkeypatch.setenv("MNER_GIT_SHA", "HEAD")   # not a SHA: the checkout's own git answers
+    assert "git_sha_from" not in code_version()

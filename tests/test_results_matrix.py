@@ -42,23 +42,25 @@ def config(tmp_path, **kw):
 def test_plan_lists_every_run_longest_first(tmp_path):
     cfg = config(tmp_path, datasets=("twitter2017", "twitter2015"))
     jobs = matrix.plan(cfg)
-    assert len(jobs) == 2 * (5 * 5 + 4 * 3) and len({j.slug for j in jobs}) == len(jobs)
-    assert [j.dataset for j in jobs] == ["twitter2015"] * 37 + ["twitter2017"] * 37
-    order = list(dict.fromkeys(j.row.name for j in jobs[:37]))
-    assert order == ["ctx-images", "ctx-text", "full", "no-gate", "full-rgcn", "no-inter",
-                     "no-intra", "no-graphs", "text-only"]
+    assert len(jobs) == 2 * (8 * 5 + 4 * 3) and len({j.slug for j in jobs}) == len(jobs)
+    assert [j.dataset for j in jobs] == ["twitter2015"] * 52 + ["twitter2017"] * 52
+    order = list(dict.fromkeys(j.row.name for j in jobs[:52]))
+    assert order == ["ctx-images-k5", "full-ctx-images", "ctx-images", "ctx-text",
+                     "ctx-images-train", "full", "no-gate", "full-rgcn", "no-inter", "no-intra",
+                     "no-graphs", "text-only"]
     assert [j.seed for j in jobs if j.dataset == "twitter2017" and j.row.name == "full"] == [
         1, 2, 3, 4, 5]
     assert [j.seed for j in jobs if j.dataset == "twitter2017" and j.row.name == "no-gate"] == [
         1, 2, 3]
-    assert matrix.train_command(jobs[0], cfg, "cuda:1") == [
+    first = next(j for j in jobs if j.row.name == "ctx-images")
+    assert matrix.train_command(first, cfg, "cuda:1") == [
         sys.executable, "cli.py", "train", "--data-dir", str(cfg.data_root / "twitter2015"),
         "--artifacts", str(tmp_path / "a"), "--encoder", "minilm-l6", "--text-only",
         "--context", "inter", "--seeds", "1", "--slug", "twitter2015-ctx-images-s1", "--device",
         "cuda:1", "--quiet"]
 
 
-def test_prepare_builds_the_text_graph_only_when_a_row_needs_it(tmp_path):
+def test_prepare_builds_the_text_and_train_pool_graphs_only_when_a_row_needs_them(tmp_path):
     cfg = config(tmp_path, device="cpu", epochs=2)
     rows = matrix.select_rows(matrix.ROWS, ("full", "text-only"))
     steps = matrix.prepare_commands(cfg, "twitter2017", rows)
@@ -71,6 +73,8 @@ def test_prepare_builds_the_text_graph_only_when_a_row_needs_it(tmp_path):
     assert steps[2][0] == "text-graph" and steps[2][2] is False
     assert steps[2][1][-6:] == ["--relation", "text", "--no-import-rgcn", "--device", "cpu",
                                 "--quiet"]
+    assert steps[3][0] == "train-pool-graphs" and steps[3][1][-8:] == [
+        "--pool", "train", "--relation", "inter", "--no-import-rgcn", "--device", "cpu", "--quiet"]
     job = matrix.Job("twitter2017", rows[0], 2)
     assert matrix.train_command(job, cfg, "cpu")[-5:] == ["--device", "cpu", "--epochs", "2",
                                                           "--quiet"]
@@ -80,7 +84,8 @@ def test_bad_options_are_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(InvalidConfig) as err:
         matrix.plan(config(tmp_path, rows=("full", "fulll")))
     assert str(err.value) == ("unknown row 'fulll'; rows: text-only, full, no-graphs, no-inter, "
-                              "no-intra, no-gate, full-rgcn, ctx-images, ctx-text")
+                              "no-intra, no-gate, full-rgcn, ctx-images, ctx-text, ctx-images-k5, "
+                              "full-ctx-images, ctx-images-train")
     with pytest.raises(InvalidConfig) as err:
         matrix.MatrixConfig(seeds=(1, 1))
     assert str(err.value) == "a seed is listed twice"

@@ -146,20 +146,30 @@ def test_features_or_graphs_of_another_dataset_are_refused(tiny_pipeline, tiny_e
                              f"`python cli.py build-graphs --data-dir {data}` first\n")
 
 
-def test_graphs_over_another_pool_are_refused(tiny_pipeline, tiny_encoder, tmp_path):
+def test_graphs_of_both_pools_live_side_by_side_and_a_wrong_pool_is_refused(
+        tiny_pipeline, tiny_encoder, tmp_path):
     data, artifacts = tiny_pipeline
     copy = tmp_path / "artifacts"
     shutil.copytree(artifacts / "features", copy / "features")
     result = invoke("build-graphs", "--data-dir", data, "--artifacts", copy, "--k", 3, "--pool",
                     "train", "--quiet")
     assert result.exit_code == 0, result.output
-    inter = copy / "graphs" / "tiny" / json.loads(
-        (copy / "graphs" / "tiny" / "manifest.json").read_text())["graphs"]["inter"]
+    graphs = json.loads((copy / "graphs" / "tiny" / "manifest.json").read_text())["graphs"]
+    assert set(graphs) == {"inter@train", "intra@train"}
     result = invoke(*train_args(data, copy, tiny_encoder))
+    assert result.exit_code == 1
+    assert result.output == (f"Error: no inter graph for tiny in {copy}; run `python cli.py "
+                             f"build-graphs --data-dir {data}` first\n")
+    inter = copy / "graphs" / "tiny" / graphs["inter@train"]
+    result = invoke(*train_args(data, copy, tiny_encoder, "--inter-graph", inter, "--no-intra"))
     assert result.exit_code == 1
     assert result.output == (f"Error: {inter}: built over pool 'train' but this run uses pool "
                              "'all'; pass --pool train or run `python cli.py build-graphs --pool "
                              "all`\n")
+    result = invoke(*train_args(data, copy, tiny_encoder, "--pool", "train", "--epochs", 1))
+    assert result.exit_code == 0, result.output
+    config = json.loads(next((copy / "runs").iterdir()).joinpath("config.json").read_text())
+    assert config["inter_graph"].endswith(graphs["inter@train"]) and config["pool"] == "train"
 
 
 def test_evaluate_refuses_a_changed_graph_file(tiny_run, tmp_path):

@@ -50,9 +50,10 @@ def split_fingerprints(dataset: Dataset) -> dict:
             for name, tweets in dataset.splits.items()}
 
 
-def graph_key(relation: str, source: str) -> str:
+def graph_key(relation: str, source: str, pool: str = "all") -> str:
     """The build-graphs manifest key of a relation's graph (the text graph is only ours)."""
-    return relation if relation == "text" or source == "ours" else f"{relation}-{source}"
+    from pipeline.graphs import manifest_key
+    return manifest_key(relation, "ours" if relation == "text" else source, pool)
 
 
 def resolve_files(config: TrainConfig, dataset: Dataset) -> dict[str, Path]:
@@ -70,10 +71,10 @@ def resolve_files(config: TrainConfig, dataset: Dataset) -> dict[str, Path]:
             raise MissingInput(f"no {view} features for {dataset.name} in {config.artifacts}; run "
                                f"`python cli.py extract --data-dir {config.data_dir}` first")
         files["features"] = Path(views[view])
-    wanted = {r: graph_key(r, config.graph_source)
+    wanted = {r: graph_key(r, config.graph_source, config.pool)
               for r, on in (("inter", model.inter), ("intra", model.intra)) if on}
     if model.context != "none":
-        wanted["context"] = graph_key(model.context, config.graph_source)
+        wanted["context"] = graph_key(model.context, config.graph_source, config.pool)
     given = {"inter": config.inter_graph, "intra": config.intra_graph,
              "context": config.context_graph}
     if any(not given[r] for r in wanted):
@@ -85,7 +86,8 @@ def resolve_files(config: TrainConfig, dataset: Dataset) -> dict[str, Path]:
         elif key in manifest:
             files[name] = Path(manifest[key])
         else:
-            extra = " --relation text" if key == "text" else ""
+            extra = (" --relation text" if key.startswith("text") else "") + (
+                f" --pool {config.pool}" if config.pool != "all" else "")
             raise MissingInput(f"no {key} graph for {dataset.name} in {config.artifacts}; run "
                                f"`python cli.py build-graphs --data-dir {config.data_dir}{extra}` "
                                "first")
