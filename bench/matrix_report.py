@@ -177,7 +177,8 @@ def gains_table(lines: list[dict]) -> str:
 
 
 def feature_attrs(path) -> dict:
-    """``source``, ``space``, ``view`` and the ``encoder`` name of a feature file, if readable."""
+    """``source``, ``space``, ``view`` and the ``encoder`` name of a feature file, if readable;
+    without the file, ``source`` and ``space`` from the extract manifest beside it."""
     import h5py
 
     try:
@@ -185,7 +186,10 @@ def feature_attrs(path) -> dict:
             attrs = {k: h5.attrs[k] for k in ("source", "space", "view", "encoder")
                      if k in h5.attrs}
     except OSError:
-        return {}
+        manifest = Path(path).parent / "manifest.json"
+        views = json.loads(manifest.read_text()).get("views", {}) if manifest.is_file() else {}
+        entry = next((e for e in views.values() if e.get("file") == Path(path).name), {})
+        return {k: entry[k] for k in ("source", "space") if k in entry}
     attrs = {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in attrs.items()}
     if "encoder" in attrs:
         attrs["encoder"] = json.loads(attrs["encoder"]).get("name", attrs["encoder"])
@@ -201,8 +205,10 @@ def node_features(record: dict) -> str | None:
     if not features:
         return None
     attrs = feature_attrs(features["path"])
-    what = (f"{SOURCES.get(attrs['source'], attrs['source'])} embedded by {attrs.get('encoder')}"
-            if "source" in attrs else "source not readable here (feature file absent)")
+    source = SOURCES.get(attrs.get("source"), attrs.get("source"))
+    what = (f"{source} embedded by {attrs['encoder']}" if "encoder" in attrs else
+            f"{source} (from the extract manifest; feature file absent)" if source else
+            "source not readable here (feature file absent)")
     return (f"{features['view']}: {what}, space {features['space']} "
             f"(features {Path(features['path']).name})")
 
@@ -389,6 +395,10 @@ def write_report(config, table, gains, status: dict, commands_for, paper=PAPER) 
               f"bench/results_matrix.py report` on {here['cpu']} ({here['cores']} cores); "
               f"runs read from `{config.artifacts}/runs`. Each row's machine is the one that "
               "trained it (its runs' env.json).")
+    reading = config.reading
+    if reading is not None and Path(reading).is_file():
+        header += ("\n\n" + Path(reading).read_text().strip() + "\n\n---\n\nEverything below is "
+                   "written by the report from the run records.")
     write_text(config.results, "\n\n".join([header, *sections]) + "\n")
     write_csv(config.csv, summaries)
     write_text(config.json, json.dumps({"written": now, "report_machine": here,

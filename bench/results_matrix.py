@@ -121,6 +121,7 @@ class MatrixConfig:
     results: Path = ROOT / "RESULTS.md"
     csv: Path = ROOT / "bench" / "results" / "matrix.csv"
     json: Path = ROOT / "bench" / "results" / "matrix.json"
+    reading: Path | None = ROOT / "bench" / "results" / "reading.md"   # by hand; top of RESULTS.md
 
     def __post_init__(self):
         checks = ((self.datasets, "--datasets must name at least one dataset"),
@@ -391,6 +392,9 @@ def parse_args(argv) -> tuple[MatrixConfig, list[str]]:
     p.add_argument("--epochs", type=int, help="[default: the trainer's]")
     for name in ("results", "csv", "json"):
         p.add_argument(f"--{name}", type=Path, default=getattr(d, name))
+    p.add_argument("--reading", type=Path, default=d.reading,
+                   help="hand-written markdown put at the top of RESULTS.md when the file exists "
+                        "[default: bench/results/reading.md]")
     args = vars(p.parse_args(argv))
     given = args.pop("stages")
     if set(given) - set(STAGES):

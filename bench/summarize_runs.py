@@ -19,13 +19,19 @@ from trainer.metrics import mean_std  # noqa: E402
 
 
 def variant(model: dict) -> str:
+    """The ablation name (no-* parts joined by '+'), plus the context graph and size if any."""
     if model.get("text_only"):
-        return "text-only"
-    parts = [name for name, on in (("no-inter", model.get("inter")), ("no-intra", model.get("intra")),
-                                   ("no-gate", model.get("gate"))) if not on]
+        name = "text-only"
+    else:
+        parts = [name for name, on in (("no-inter", model.get("inter")),
+                                       ("no-intra", model.get("intra")),
+                                       ("no-gate", model.get("gate"))) if not on]
+        name = "full" if not parts else "+".join(parts)
     if not model.get("shape", True):
-        parts.append("no-shape")
-    return "full" if not parts else "+".join(parts)
+        name += "+no-shape"
+    if model.get("context", "none") != "none":
+        name += f"+ctx-{model['context']}-k{model.get('context_k')}"
+    return name
 
 
 def run_key(config: dict, env: dict) -> tuple:
@@ -86,7 +92,8 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         types = ", ".join(f"{k[3:]} {v[0]:.1f}" for k, v in r.items() if k.startswith("F1_"))
         lines.append("| " + " | ".join([
-            r["dataset"], r["encoder"], r["variant"], r["graphs"], str(r["seeds"]),
+            r["dataset"], r["encoder"], r["variant"],
+            r["graphs"] + ("" if r["pool"] == "all" else f" (pool {r['pool']})"), str(r["seeds"]),
             fmt(r["conlleval_f1"]), fmt(r["strict_f1"]), f"{r['conlleval_precision'][0]:.2f}",
             f"{r['conlleval_recall'][0]:.2f}", types, f"{r['seconds']:.0f}", r["machine"]]) + " |")
     return "\n".join(lines)

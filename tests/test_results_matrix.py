@@ -202,8 +202,10 @@ def test_report_from_real_run_folders(tmp_path):
     argv = ["report", "--datasets", "twitter2017", "--data-root", str(root), "--artifacts",
             str(art), "--seeds", "1,2,3", "--headline-seeds", "1,2,3,4"]
     argv += [arg for name, path in out.items() for arg in (f"--{name}", str(path))]
-    assert matrix.main(argv) == 0
+    (tmp_path / "reading.md").write_text("The reading, by hand.\n")
+    assert matrix.main(argv + ["--reading", str(tmp_path / "reading.md")]) == 0
     text = out["results"].read_text()
+    assert text.split("\n\n")[2:4] == ["The reading, by hand.", "---"]
     assert ("| text-only: text only (no image) | 3/4 (incomplete) | 83.84 ± 0.55 | "
             "83.17 ± 0.52 | 83.50 ± 0.54 | 83.50 ± 0.54 |") in text
     assert "| full: R-GCN, our graphs | 3/4 (incomplete) | 82.53 ± 0.31 | 83.79 ± 0.61 | " \
@@ -261,3 +263,15 @@ def test_tiny_matrix_end_to_end_through_the_cli(tmp_path, tiny_encoder, capsys):
     assert matrix.main(["report", *subset], table=table) == 0     # a subset keeps the rest
     text = (tmp_path / "R.md").read_text()
     assert "| full: R-GCN, our graphs | 1/1 | " in text and "| broken: a row whose" in text
+
+
+def test_summarize_runs_keeps_context_and_ablations_apart():
+    from bench.summarize_runs import variant
+
+    assert variant({"text_only": True, "context": "none"}) == "text-only"
+    assert variant({"text_only": True, "context": "inter", "context_k": 5}) == \
+        "text-only+ctx-inter-k5"
+    assert variant({"inter": True, "intra": True, "gate": True, "context": "text",
+                    "context_k": 3}) == "full+ctx-text-k3"
+    assert variant({"inter": False, "intra": False, "gate": True, "shape": False}) == \
+        "no-inter+no-intra+no-shape"
