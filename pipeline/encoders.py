@@ -83,8 +83,17 @@ register(EncoderSpec(
     locate=_mpnet_path))
 
 
+def serves(spec: EncoderSpec, modality: str | None) -> bool:
+    """Whether ``spec`` can be used where a ``modality`` encoder is asked for. "text" means a
+    Hugging Face token encoder (the tagger's backbone, extract's sentence encoder): CLIP's text
+    tower is used through ``--clip`` only, so "image+text" models do not serve as "text"."""
+    if modality is None or modality == spec.modality:
+        return True
+    return modality != "text" and modality in spec.modality.split("+")
+
+
 def encoder_names(modality: str | None = None) -> list[str]:
-    return sorted(n for n, s in REGISTRY.items() if modality is None or modality in s.modality)
+    return sorted(n for n, s in REGISTRY.items() if serves(s, modality))
 
 
 def get_spec(name: str, modality: str | None = None) -> EncoderSpec:
@@ -129,9 +138,10 @@ def _transport_copy_spec(path: Path) -> EncoderSpec | None:
 
 
 def _check_modality(name: str, spec: EncoderSpec, modality: str | None) -> EncoderSpec:
-    if modality is not None and modality not in spec.modality:
-        raise UnknownEncoder(f"encoder {name!r} is a {spec.modality} encoder, not {modality}; use "
-                             f"one of {', '.join(encoder_names(modality))}")
+    if not serves(spec, modality):
+        hint = " (CLIP models go to extract --clip)" if spec.library == "open_clip" else ""
+        raise UnknownEncoder(f"encoder {name!r} is not a {modality} encoder but {spec.modality}"
+                             f"{hint}; use one of {', '.join(encoder_names(modality))}")
     return spec
 
 

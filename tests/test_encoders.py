@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.encoders import (REGISTRY, get_spec, load_encoder, resolve_encoder, weights_id)
+from pipeline.encoders import (REGISTRY, encoder_names, get_spec, load_encoder, resolve_encoder,
+                               weights_id)
 from pipeline.errors import MissingInput, UnknownEncoder
 from pipeline.images import DecodeSpec, decode_bytes
 from tiny_models import gradient, jpeg_bytes, register_tiny_clip, tiny_bert
@@ -42,8 +43,16 @@ def test_unknown_image_encoder_lists_the_valid_names():
 def test_text_entries_and_get_spec_are_unchanged():
     assert get_spec("minilm-l6", "text").space == "sentence:minilm-l6"
     assert resolve_encoder("minilm-l6", "text") is REGISTRY["minilm-l6"]
-    with pytest.raises(UnknownEncoder, match="is a image encoder, not text"):
+    with pytest.raises(UnknownEncoder) as err:
         resolve_encoder("resnet50", "text")
+    assert str(err.value) == ("encoder 'resnet50' is not a text encoder but image; use one of "
+                              "bert-base-cased, bert-base-uncased, minilm-l6, mpnet-base")
+    with pytest.raises(UnknownEncoder) as err:          # CLIP's text tower is --clip's business
+        get_spec("clip-vit-b32-openai", "text")
+    assert str(err.value) == ("encoder 'clip-vit-b32-openai' is not a text encoder but image+text "
+                              "(CLIP models go to extract --clip); use one of bert-base-cased, "
+                              "bert-base-uncased, minilm-l6, mpnet-base")
+    assert "clip-vit-b32-openai" in encoder_names("image")
 
 
 def test_image_specs_carry_their_preprocessing():
