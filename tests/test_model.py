@@ -99,25 +99,6 @@ def test_region_grids_are_pooled_by_attention_or_mean(tiny_encoder, tiny_dataset
         assert torch.isfinite(model.loss(batch))
 
 
-def test_the_image_branch_runs_in_float32_under_bf16_autocast(tiny_encoder, tiny_dataset):
-    image = tiny_image_inputs(tiny_dataset, k=3)
-    model, batch, _ = build(tiny_encoder, tiny_dataset, image)
-    batch.nodes_x = batch.nodes_x.to(torch.bfloat16)          # the bf16 node table of a GPU run
-    seen = {}
-
-    def record(name):
-        def hook(module, args, out):
-            seen[name] = out.dtype
-        return hook
-    for name in ("gate", "attend"):
-        getattr(model.image, name).register_forward_hook(record(name))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = model.loss(batch)
-    assert seen == {"gate": torch.float32, "attend": torch.float32}
-    loss.backward()
-    assert all(p.grad.dtype == torch.float32 for p in model.image.parameters() if p.grad is not None)
-
-
 def test_masked_neighbours_and_invalid_images_never_reach_the_output(tiny_encoder, tiny_dataset):
     image = tiny_image_inputs(tiny_dataset, k=3)
     model, batch, _ = build(tiny_encoder, tiny_dataset, image)

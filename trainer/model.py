@@ -121,16 +121,8 @@ class ImageBranch(nn.Module):
         self.k = config.k
 
     def forward(self, h: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Word states ``h`` (B, W, H) -> fused states (B, W, H); see ``Batch`` for the layout.
-
-        The branch runs in float32 outside autocast: its layers are small, and under bf16
-        autocast each of their weights would be cast on every step, forward and backward (about
-        60 of the 150 kernels the branch adds to a GPU step)."""
-        with torch.autocast(h.device.type, enabled=False):
-            return self._fuse(h.float(), batch.nodes_x.float(), batch).to(h.dtype)
-
-    def _fuse(self, h: torch.Tensor, nodes_x: torch.Tensor, batch: Batch) -> torch.Tensor:
-        x = nodes_x if self.pool is None else self.pool(nodes_x)   # (B, slots, D)
+        """Word states ``h`` (B, W, H) -> fused states (B, W, H); see ``Batch`` for the layout."""
+        x = batch.nodes_x if self.pool is None else self.pool(batch.nodes_x)   # (B, slots, D)
         split, own = batch.inter_edges, self.k if self.inter is not None else 0
         nodes = []
         if self.inter is not None:
