@@ -300,6 +300,8 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn,
 @click.option("--deterministic", is_flag=True, help="torch deterministic algorithms.")
 @click.option("--slug", default=None,
               help="Run folder suffix [default: <dataset>-<variant>-s<seed>].")
+@click.option("--no-checkpoint", is_flag=True,
+              help="Keep scores and predictions but no weights (no evaluate/predict later).")
 @device_option
 @quiet_option
 @friendly_errors

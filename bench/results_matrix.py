@@ -118,6 +118,7 @@ class MatrixConfig:
     jobs: int = 1
     deadline: float | None = None
     epochs: int | None = None         # default: the trainer's
+    keep_checkpoints: bool = False    # weights of every run (about 90 MB each with MiniLM)
     results: Path = ROOT / "RESULTS.md"
     csv: Path = ROOT / "bench" / "results" / "matrix.csv"
     json: Path = ROOT / "bench" / "results" / "matrix.json"
@@ -246,9 +247,11 @@ def prepare_commands(config: MatrixConfig, dataset: str, rows) -> list[tuple[str
 
 def train_command(job: Job, config: MatrixConfig, device: str) -> list[str]:
     epochs = ("--epochs", config.epochs) if config.epochs else ()
+    weights = () if config.keep_checkpoints else ("--no-checkpoint",)
     return cli_command("train", "--data-dir", config.data_dir(job.dataset), "--artifacts",
                        config.artifacts, "--encoder", config.encoder, *job.row.flags, "--seeds",
-                       job.seed, "--slug", job.slug, "--device", device, *epochs, "--quiet")
+                       job.seed, "--slug", job.slug, "--device", device, *epochs, *weights,
+                       "--quiet")
 
 
 def run_prepare(config: MatrixConfig, rows, status: Status) -> set[str]:
@@ -390,6 +393,9 @@ def parse_args(argv) -> tuple[MatrixConfig, list[str]]:
     p.add_argument("--jobs", type=int, default=d.jobs, help="trainings at once on CPU")
     p.add_argument("--deadline", type=float, help="seconds after which nothing new is launched")
     p.add_argument("--epochs", type=int, help="[default: the trainer's]")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="save every run's weights (train --no-checkpoint otherwise: the report "
+                        "needs only the records, and a MiniLM checkpoint is about 90 MB)")
     for name in ("results", "csv", "json"):
         p.add_argument(f"--{name}", type=Path, default=getattr(d, name))
     p.add_argument("--reading", type=Path, default=d.reading,

@@ -57,7 +57,9 @@ def test_plan_lists_every_run_longest_first(tmp_path):
         sys.executable, "cli.py", "train", "--data-dir", str(cfg.data_root / "twitter2015"),
         "--artifacts", str(tmp_path / "a"), "--encoder", "minilm-l6", "--text-only",
         "--context", "inter", "--seeds", "1", "--slug", "twitter2015-ctx-images-s1", "--device",
-        "cuda:1", "--quiet"]
+        "cuda:1", "--no-checkpoint", "--quiet"]
+    kept = matrix.MatrixConfig(**{**cfg.__dict__, "keep_checkpoints": True})
+    assert "--no-checkpoint" not in matrix.train_command(first, kept, "cuda:1")
 
 
 def test_prepare_builds_the_text_and_train_pool_graphs_only_when_a_row_needs_them(tmp_path):
@@ -76,8 +78,8 @@ def test_prepare_builds_the_text_and_train_pool_graphs_only_when_a_row_needs_the
     assert steps[3][0] == "train-pool-graphs" and steps[3][1][-8:] == [
         "--pool", "train", "--relation", "inter", "--no-import-rgcn", "--device", "cpu", "--quiet"]
     job = matrix.Job("twitter2017", rows[0], 2)
-    assert matrix.train_command(job, cfg, "cpu")[-5:] == ["--device", "cpu", "--epochs", "2",
-                                                          "--quiet"]
+    assert matrix.train_command(job, cfg, "cpu")[-6:] == ["--device", "cpu", "--epochs", "2",
+                                                          "--no-checkpoint", "--quiet"]
 
 
 def test_bad_options_are_refused_in_one_line(tmp_path, capsys):

@@ -276,3 +276,21 @@ def test_authors_neighbours_outside_the_dataset_are_masked_not_refused(tiny_pipe
     assert masked["not_in_dataset"] == 12          # one "777" in each tweet's first 3
     assert masked["missing_neighbours"] >= 12
     assert (inputs.image.inter[:, 0] == -1).all()
+
+
+def test_a_run_without_checkpoint_keeps_its_record_and_says_why_it_cannot_predict(
+        tiny_dir, tmp_path, tiny_encoder):
+    result = invoke(*train_args(tiny_dir, tmp_path, tiny_encoder, "--text-only", "--epochs", 1,
+                                "--no-checkpoint"))
+    assert result.exit_code == 0, result.output
+    run = next((tmp_path / "runs").iterdir())
+    assert {"results.json", "model.json", "predictions_test.conll"} <= {
+        p.name for p in run.iterdir()}
+    assert not (run / "model.safetensors").exists() and not (run / "encoder").exists()
+    assert json.loads((run / "model.json").read_text())["weights"] is False
+    assert json.loads((run / "config.json").read_text())["checkpoint"] is False
+    result = invoke("evaluate", "--run", run)
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {run}: trained with --no-checkpoint, so it holds scores "
+                             "and predictions but no weights; train again without "
+                             "--no-checkpoint\n")

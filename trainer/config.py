@@ -147,6 +147,7 @@ class TrainConfig:
     intra_graph: str | None = None
     context_graph: str | None = None
     slug: str | None = None
+    checkpoint: bool = True           # False: no weights saved (about 90 MB a MiniLM run)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -225,7 +226,7 @@ OVERRIDES = {  # flat option name -> (group, field); "" is TrainConfig itself
                                           "max_subwords", "context", "context_k",
                                           "context_subwords")},
     "no_inter": ("model", "inter"), "no_intra": ("model", "intra"), "no_gate": ("model", "gate"),
-    "no_shape": ("model", "shape"),
+    "no_shape": ("model", "shape"), "no_checkpoint": ("", "checkpoint"),
     **{name: ("optim", name) for name in ("epochs", "batch_size", "lr_encoder", "lr_head",
                                           "weight_decay", "warmup", "clip", "patience")},
 }

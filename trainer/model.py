@@ -195,18 +195,22 @@ class Tagger(nn.Module):
         return viterbi(emissions, batch.word_mask, start, trans, self.crf.end_transitions)
 
 
-def save_tagger(model: Tagger, tokenizer, folder, encoder_record: dict) -> None:
-    """Write ``model.safetensors``, ``model.json`` and ``encoder/`` into ``folder``."""
+def save_tagger(model: Tagger, tokenizer, folder, encoder_record: dict,
+                weights: bool = True) -> None:
+    """Write ``model.json`` and, with ``weights``, ``model.safetensors`` and ``encoder/`` into
+    ``folder`` (without them the run keeps its record but cannot be loaded again)."""
     from safetensors.torch import save_model
 
     folder = Path(folder)
-    model.encoder.config.save_pretrained(folder / "encoder")
-    tokenizer.save_pretrained(folder / "encoder")
-    save_model(model, str(folder / "model.safetensors"))
+    if weights:
+        model.encoder.config.save_pretrained(folder / "encoder")
+        tokenizer.save_pretrained(folder / "encoder")
+        save_model(model, str(folder / "model.safetensors"))
     meta = {"format": FORMAT_VERSION, "model": dataclasses.asdict(model.config),
             "labels": model.labels, "label2id": {t: i for i, t in enumerate(model.labels)},
             "node_shape": list(model.node_shape) if model.node_shape else None,
-            "shape_features": list(SHAPE_FEATURES), "encoder": encoder_record}
+            "shape_features": list(SHAPE_FEATURES), "encoder": encoder_record,
+            "weights": weights}
     text = json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
     (folder / "model.json").write_text(text)
 
@@ -218,6 +222,10 @@ def load_tagger(folder, device="cpu"):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     folder = Path(folder)
+    meta_path = folder / "model.json"
+    if meta_path.is_file() and json.loads(meta_path.read_text()).get("weights") is False:
+        raise MissingInput(f"{folder}: trained with --no-checkpoint, so it holds scores and "
+                           "predictions but no weights; train again without --no-checkpoint")
     for name in ("model.json", "model.safetensors", "encoder"):
         if not (folder / name).exists():
             raise MissingInput(f"{folder / name}: not found; is {folder} a finished run folder?")

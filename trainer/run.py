@@ -247,7 +247,7 @@ def train_run(config: TrainConfig, inputs: TrainInputs, progress=no_progress,
         write_conll(tmp / f"predictions_{name}.conll", inputs.dataset.splits[name], result.tags,
                     inputs.dataset.type_names)
         scores[name] = result.scores
-    save_tagger(model.cpu(), prep.tokenizer, tmp, prep.encoder_record)
+    save_tagger(model.cpu(), prep.tokenizer, tmp, prep.encoder_record, config.checkpoint)
     plot_curve(tmp / "curve.png", outcome.history)
     seconds = time.perf_counter() - started
     write_json(tmp / "results.json", {"best_epoch": outcome.best_epoch, "valid": scores["valid"],
