@@ -22,23 +22,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.matrix_rows import PAPER  # noqa: E402
 from bench.matrix_runner import RUN_NAME, scan_runs  # noqa: E402
 from bench.summarize_runs import collect_records, scores  # noqa: E402
 from pipeline.artifacts import atomic_path  # noqa: E402
 from pipeline.errors import MnerError  # noqa: E402
 from trainer.metrics import mean_std  # noqa: E402
-
-# The slides' Tables 1 and 2 (F1 %, their per-batch mean over word-piece chunks: not seqeval's
-# corpus-level F1; see ../shared/docs/rgcn-method.md).
-PAPER = {
-    "BERT-CRF": {"twitter2015": 71.81, "twitter2017": 83.44},
-    "R-GCN": {"twitter2015": 75.00, "twitter2017": 87.11},
-    "R-GCN without gate": {"twitter2015": 74.60, "twitter2017": 86.70},
-    "without InterRG": {"twitter2015": 74.05, "twitter2017": 86.17},
-    "without IntraRG": {"twitter2015": 74.29, "twitter2017": 86.22},
-    "without both relation graphs": {"twitter2015": 73.59, "twitter2017": 85.13},
-}
-
 
 TYPE_ORDER = ("PER", "LOC", "ORG", "OTHER", "MISC")
 SOURCES = {"caption": "the image's caption", "image": "the image pixels",

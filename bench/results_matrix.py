@@ -30,72 +30,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.matrix_rows import GAINS, ROWS, Row  # noqa: E402,F401
 from bench.matrix_runner import (Running, Status, device_slots, last_error,  # noqa: E402
                                  log_tail, matrix_lock, move_aside, resolve_device, run_echoed,
                                  run_queue, scan_runs)
 from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput, MnerError  # noqa: E402
 
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the matrix. ``flags`` go to ``cli.py train``; ``headline`` rows get
-    --headline-seeds, the others --seeds; ``graphs``: the graph files the row trains on (the
-    tweet-text graph "text" is built only when a planned row needs it); ``paper``: the setting
-    of the slides' tables it compares with (matrix_report.PAPER); ``weight``: relative run
-    time, to launch the longest first."""
-
-    name: str
-    label: str
-    flags: tuple[str, ...] = ()
-    headline: bool = False
-    graphs: tuple[str, ...] = ()
-    paper: str = ""
-    weight: float = 1.0
-
-
-ROWS = (
-    Row("text-only", "text only (no image)", ("--text-only",), True, (), "BERT-CRF", 1.0),
-    Row("full", "R-GCN, our graphs", (), True, ("inter", "intra"), "R-GCN", 1.3),
-    Row("no-graphs", "without both relation graphs", ("--no-inter", "--no-intra"), True, (),
-        "without both relation graphs", 1.1),
-    Row("no-inter", "without InterRG", ("--no-inter",), False, ("intra",), "without InterRG",
-        1.2),
-    Row("no-intra", "without IntraRG", ("--no-intra",), False, ("inter",), "without IntraRG",
-        1.2),
-    Row("no-gate", "without gate (addition)", ("--no-gate",), False, ("inter", "intra"),
-        "R-GCN without gate", 1.3),
-    Row("full-rgcn", "R-GCN, the authors' graphs", ("--graph-source", "rgcn"), False,
-        ("inter-rgcn", "intra-rgcn"), "R-GCN", 1.3),
-    Row("ctx-images", "text + tweets of the inter-modal neighbour images as context",
-        ("--text-only", "--context", "inter"), True, ("inter",), "", 2.0),
-    Row("ctx-text", "text + nearest tweets by text as context (control)",
-        ("--text-only", "--context", "text"), True, ("text",), "", 2.0),
-    Row("ctx-images-k5", "ctx-images with 5 neighbour tweets (160 subwords)",
-        ("--text-only", "--context", "inter", "--context-k", "5", "--context-subwords", "160"),
-        True, ("inter",), "", 2.5),
-    Row("full-ctx-images", "R-GCN, our graphs, + ctx-images",
-        ("--context", "inter"), True, ("inter", "intra"), "", 2.3),
-    Row("ctx-images-train", "ctx-images, neighbours from the train pool only (inductive)",
-        ("--text-only", "--context", "inter", "--pool", "train"), True, ("inter@train",), "",
-        2.0),
-)
-
-# (a, b, what a - b measures): the gains section of the report, in this order.
-GAINS = (
-    ("full", "no-graphs", "relation gain (both graphs)"),
-    ("full", "text-only", "image gain"),
-    ("full-rgcn", "no-graphs", "the authors' graphs"),
-    ("no-inter", "no-graphs", "IntraRG alone"),
-    ("no-intra", "no-graphs", "InterRG alone"),
-    ("full", "no-gate", "gate vs addition"),
-    ("ctx-images", "text-only", "neighbour-image tweets as context"),
-    ("ctx-text", "text-only", "nearest-text tweets as context"),
-    ("ctx-images", "ctx-text", "image neighbours vs text neighbours"),
-    ("ctx-images-k5", "text-only", "5 neighbour-image tweets as context"),
-    ("full-ctx-images", "text-only", "R-GCN + neighbour-image tweets"),
-    ("full-ctx-images", "full", "context on top of R-GCN"),
-    ("ctx-images-train", "text-only", "neighbour-image tweets, train pool (inductive)"),
-)
 
 STAGES = ("prepare", "train", "report")
 EXIT_OK, EXIT_FAILED, EXIT_DEADLINE = 0, 1, 3
