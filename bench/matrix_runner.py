@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from pipeline.artifacts import write_json  # noqa: E402
+from pipeline.encoders import resolve_device  # noqa: E402
 from pipeline.errors import MissingInput, MnerError  # noqa: E402
 
 RUN_NAME = re.compile(r"^\d{8}-\d{6}-(?P<slug>.+?)(?P<tmp>\.tmp)?$")  # <time>-<slug>[.tmp]
@@ -29,13 +30,6 @@ def pick_device(load: dict[str, int], slots: dict[str, int]) -> str | None:
     empty, launches go to cuda:0, cuda:1, ... in turn (run i on cuda:(i % N))."""
     free = [name for name in slots if load.get(name, 0) < slots[name]]
     return min(free, key=lambda name: load.get(name, 0)) if free else None
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def device_slots(device: str, gpus: int | None, per_gpu: int, jobs: int) -> dict[str, int]:

@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.matrix_rows import GAINS, ROWS, Row  # noqa: E402,F401
 from bench.matrix_runner import (Running, Status, device_slots, last_error,  # noqa: E402
-                                 log_tail, matrix_lock, move_aside, resolve_device, run_echoed,
-                                 run_queue, scan_runs)
+                                 log_tail, matrix_lock, move_aside, run_echoed, run_queue,
+                                 scan_runs)
+from pipeline.encoders import resolve_device  # noqa: E402
 from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput, MnerError  # noqa: E402
 
 
