@@ -215,6 +215,11 @@ def save_tagger(model: Tagger, tokenizer, folder, encoder_record: dict,
     (folder / "model.json").write_text(text)
 
 
+def _require(folder: Path, name: str) -> None:
+    if not (folder / name).exists():
+        raise MissingInput(f"{folder / name}: not found; is {folder} a finished run folder?")
+
+
 def load_tagger(folder, device="cpu"):
     """Rebuild a saved tagger from its folder alone: ``(model, tokenizer, meta)``. Reads JSON and
     safetensors only (no pickled code runs)."""
@@ -222,14 +227,13 @@ def load_tagger(folder, device="cpu"):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     folder = Path(folder)
-    meta_path = folder / "model.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()).get("weights") is False:
+    _require(folder, "model.json")
+    meta = json.loads((folder / "model.json").read_text())
+    if meta.get("weights") is False:
         raise MissingInput(f"{folder}: trained with --no-checkpoint, so it holds scores and "
                            "predictions but no weights; train again without --no-checkpoint")
-    for name in ("model.json", "model.safetensors", "encoder"):
-        if not (folder / name).exists():
-            raise MissingInput(f"{folder / name}: not found; is {folder} a finished run folder?")
-    meta = json.loads((folder / "model.json").read_text())
+    for name in ("model.safetensors", "encoder"):
+        _require(folder, name)
     if meta.get("format") != FORMAT_VERSION:
         raise MissingInput(f"{folder / 'model.json'}: format {meta.get('format')} is not "
                            f"{FORMAT_VERSION}; this run was saved by another version")

@@ -234,18 +234,18 @@ def image_inputs_for(examples: list[Example], inputs: TrainInputs, config: Train
 
 
 def context_for(examples: list[Example], inputs: TrainInputs, config: TrainConfig,
-                device: str = "cpu") -> list[list[str]]:
+                words: dict[str, list[str]], device: str = "cpu") -> list[list[str]]:
     """The neighbour tweets (``model.context``) of each example: recorded for dataset items,
-    searched in the context graph's pool for new ones (as ``_neighbours`` does)."""
+    searched in the context graph's pool for new ones (as ``_neighbours`` does) and kept when
+    ``words`` (``context.tweet_words``) has their tweet."""
     k = config.model.context_k
     found = [inputs.context.get(e.item_id) for e in examples]
     new = [i for i, got in enumerate(found) if got is None]
     if new:
-        tweets = set(inputs.dataset.item_ids())
         ids, _ = _neighbours(config.model.context, inputs.files["context"],
                              [examples[i] for i in new], k, device)
         for j, i in enumerate(new):
-            found[i] = [n for n in ids[j] if n is not None and n in tweets][:k]
+            found[i] = [n for n in ids[j] if n is not None and n in words][:k]
     return found
 
 
@@ -271,11 +271,11 @@ def predict(run_dir, examples: list[Example], device: str = "auto") -> Predictio
         image, neighbours, known = image_inputs_for(examples, inputs, config, str(torch_device))
     context = None
     if config.model.context != "none":
-        found = context_for(examples, inputs, config, str(torch_device))
+        words = tweet_words(inputs.dataset)
+        found = context_for(examples, inputs, config, words, str(torch_device))
         for record, ids in zip(neighbours, found):
             record["context"] = ids
-        context = context_ids(found, tweet_words(inputs.dataset), tokenizer,
-                              config.model.context_subwords)
+        context = context_ids(found, words, tokenizer, config.model.context_subwords)
     encoded = encode(examples, tokenizer, meta["label2id"], config.model.max_subwords, context)
     collator = Collator(encoded, tokenizer.pad_token_id, image, np.arange(len(examples)),
                         config.model.inter, config.model.intra, config.model.k)
