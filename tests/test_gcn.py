@@ -3,67 +3,87 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from trainer.batches import star_edges
-from trainer.gcn import GCNLayer, gcn_norm
+from trainer.gcn import GCNLayer, RelationLinear, block_diagonal, star_adjacency
 
-# centre 0, leaves 1, 2, 3; undirected edges of weights 0.5, 1.0, 2.0 (both directions)
-SOURCE = [1, 2, 3, 0, 0, 0]
-TARGET = [0, 0, 0, 1, 2, 3]
-WEIGHT = [0.5, 1.0, 2.0, 0.5, 1.0, 2.0]
+# centre 0, leaves 1, 2, 3; undirected edges of weights 0.5, 1.0, 2.0
+SCORES = [0.5, 1.0, 2.0]
 
 
-def star():
-    return torch.tensor([SOURCE, TARGET]), torch.tensor(WEIGHT)
+def star(scores=SCORES, leaves=(10, 11, 12), centre_valid=True):
+    adjacency, mask = star_adjacency(np.array([centre_valid]), np.array([leaves]),
+                                     np.array([scores], dtype=np.float32))
+    return torch.from_numpy(adjacency), mask
 
 
-def test_gcn_norm_matches_the_hand_computed_weights():
-    edge_index, edge_weight = gcn_norm(*star(), num_nodes=4)
-    assert edge_index.shape == (2, 10)  # 6 edges + 4 self-loops
+def test_star_adjacency_matches_the_hand_computed_weights():
+    adjacency, mask = star()
+    a = adjacency[0]
     # degrees with self-loops: centre 1 + 0.5 + 1 + 2 = 4.5; leaves 1.5, 2, 3
-    deg = {0: 4.5, 1: 1.5, 2: 2.0, 3: 3.0}
-    got = {(int(s), int(t)): float(w) for s, t, w in zip(*edge_index, edge_weight)}
-    assert math.isclose(got[(1, 0)], 0.5 / math.sqrt(1.5 * 4.5), rel_tol=1e-6)
-    assert math.isclose(got[(0, 3)], 2.0 / math.sqrt(4.5 * 3.0), rel_tol=1e-6)
+    deg = [4.5, 1.5, 2.0, 3.0]
+    assert math.isclose(a[0, 1], 0.5 / math.sqrt(4.5 * 1.5), rel_tol=1e-6)
+    assert math.isclose(a[1, 0], 0.5 / math.sqrt(1.5 * 4.5), rel_tol=1e-6)
+    assert math.isclose(a[3, 0], 2.0 / math.sqrt(3.0 * 4.5), rel_tol=1e-6)
     for node in range(4):
-        assert math.isclose(got[(node, node)], 1.0 / deg[node], rel_tol=1e-6)
+        assert math.isclose(a[node, node], 1.0 / deg[node], rel_tol=1e-6)
+    assert a[1, 2] == 0 and a[2, 3] == 0          # leaves meet only through the centre
+    assert mask.tolist() == [[True, True, True, True]]
 
 
-def test_gcn_layer_equals_the_dense_formula():
+def test_gcn_layer_equals_the_dense_formula_and_a_leaf_by_hand():
     torch.manual_seed(0)
-    x = torch.randn(4, 3)
+    x = torch.randn(1, 4, 3)
     layer = GCNLayer(3, 2)
     torch.nn.init.normal_(layer.bias)
-    edge_index, edge_weight = gcn_norm(*star(), num_nodes=4)
-    out = layer(x, edge_index, edge_weight)
+    adjacency, _ = star()
+    out = layer(x, adjacency)[0]
 
     a = torch.eye(4)  # A + I, written out by hand
-    for s, t, w in zip(SOURCE, TARGET, WEIGHT):
-        a[t, s] = w
+    for leaf, w in zip((1, 2, 3), SCORES):
+        a[0, leaf] = a[leaf, 0] = w
     d = torch.diag(a.sum(dim=1).rsqrt())
-    expected = d @ a @ d @ x @ layer.lin.weight.T + layer.bias
+    weight = layer.lin.lin.weight
+    expected = d @ a @ d @ x[0] @ weight.T + layer.bias[0]
     torch.testing.assert_close(out, expected)
     # the centre mixes all four nodes, a leaf only itself and the centre
-    manual_leaf = (1 / 3.0) * x[3] + (2.0 / math.sqrt(4.5 * 3.0)) * x[0]
-    torch.testing.assert_close(out[3], manual_leaf @ layer.lin.weight.T + layer.bias)
+    manual_leaf = (1 / 3.0) * x[0, 3] + (2.0 / math.sqrt(4.5 * 3.0)) * x[0, 0]
+    torch.testing.assert_close(out[3], manual_leaf @ weight.T + layer.bias[0])
 
 
-def test_an_isolated_node_only_sees_itself():
+def test_missing_leaves_and_an_invalid_centre_only_see_themselves():
+    adjacency, mask = star(scores=[0.5, 0.9, -0.2], leaves=(7, -1, 9))
+    a = adjacency[0]
+    assert a[0, 2] == 0 and a[2, 0] == 0 and a[2, 2] == 1.0   # slot 2: no neighbour
+    assert a[0, 3] == 0 and a[3, 3] == 1.0                     # a negative score is clipped to 0
+    assert mask.tolist() == [[True, True, False, True]]
     layer = GCNLayer(3, 2, bias=False)
-    x = torch.randn(5, 3)
-    edge_index, edge_weight = gcn_norm(*star(), num_nodes=5)   # node 4 has no edge
-    out = layer(x, edge_index, edge_weight)
-    torch.testing.assert_close(out[4], layer.lin(x[4]))
+    x = torch.randn(1, 4, 3)
+    torch.testing.assert_close(layer(x, adjacency)[0, 2], layer.lin(x)[0, 2])
+    adjacency, mask = star(centre_valid=False)
+    torch.testing.assert_close(adjacency[0], torch.eye(4))
+    assert mask.tolist() == [[False, True, True, True]]
 
 
-def test_star_edges_batches_stars_and_skips_missing_nodes():
-    import numpy as np
-    centre_valid = np.array([True, False])
-    leaves = np.array([[7, -1, 9], [4, 5, 6]])
-    scores = np.array([[0.5, 0.9, -0.2], [1.0, 1.0, 1.0]], dtype=np.float32)
-    edge_index, weight, mask = star_edges(centre_valid, leaves, scores)
-    # example 0: slots 0..3, leaves at slots 1 and 3 (slot 2 missing); example 1: no valid centre
-    assert edge_index.tolist() == [[1, 3, 0, 0], [0, 0, 1, 3]]
-    assert weight.tolist() == [0.5, 0.0, 0.5, 0.0]   # a negative score is clipped to 0
-    assert mask.tolist() == [[True, True, False, True], [False, True, True, True]]
+def test_each_relation_keeps_its_weights_and_its_block():
+    torch.manual_seed(1)
+    first, _ = star()
+    second, _ = star(scores=[1.0, 1.0, 1.0])
+    adjacency = torch.from_numpy(block_diagonal([first.numpy(), second.numpy()]))
+    assert adjacency.shape == (1, 8, 8) and adjacency[0, :4, 4:].abs().sum() == 0
+    layer = GCNLayer(3, 2, slots=(4, 4))
+    torch.nn.init.normal_(layer.bias)
+    x = torch.randn(1, 8, 3)
+    out = layer(x, adjacency)
+    weights = layer.lin.lin.weight.view(2, 2, 3)     # (relation, out, in)
+    for r, a in enumerate((first, second)):
+        part = x[:, 4 * r:4 * r + 4]
+        torch.testing.assert_close(out[:, 4 * r:4 * r + 4],
+                                   a @ part @ weights[r].T + layer.bias[r])
+    # RelationLinear alone: slot s of relation r through relation r's weights
+    lin = RelationLinear(3, 2, (1, 2))
+    y = lin(x[:, :3])
+    full = lin.lin(x[:, :3])
+    torch.testing.assert_close(y[:, :1], full[:, :1, :2])
+    torch.testing.assert_close(y[:, 1:], full[:, 1:, 2:])

@@ -88,7 +88,7 @@ def test_every_ablation_runs_and_changes_the_model(name, tiny_encoder, tiny_data
         assert batch.nodes is None and model.image is None
     else:  # own image + 3 neighbours per relation in use
         assert batch.nodes.shape[1] == slots[name]
-        assert (batch.edges is None) == (name == "no-graphs")
+        assert (batch.adjacency is None) == (name == "no-graphs")
 
 
 def test_region_grids_are_pooled_by_attention_or_mean(tiny_encoder, tiny_dataset):

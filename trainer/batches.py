@@ -15,7 +15,7 @@ import torch
 
 from pipeline.errors import InvalidConfig
 
-from .gcn import gcn_norm
+from .gcn import block_diagonal, star_adjacency
 
 SHAPE_FEATURES = ("init_cap", "all_caps", "inner_cap", "lower", "mention", "hashtag", "url",
                   "has_digit", "all_digit", "punct", "non_ascii", "first_word")
@@ -136,24 +136,6 @@ def encode(examples, tokenizer, label2id: dict[str, int], max_subwords: int,
     return out
 
 
-def star_edges(center_valid: np.ndarray, leaf_rows: np.ndarray, leaf_score: np.ndarray):
-    """Edges of B star graphs with ``1 + K`` node slots each (slot 0 the centre), batched.
-
-    An undirected edge (both directions) joins the centre and each valid leaf, weighted by
-    ``max(score, 0)``; slots of missing nodes get no edge. Returns ``edge_index`` (2, E) int64
-    (PyG layout, node ``b * (1 + K) + slot``), ``edge_weight`` (E,) float32 and the slot mask
-    (B, 1 + K) bool.
-    """
-    batch, k = leaf_rows.shape
-    leaf_valid = leaf_rows >= 0
-    b, j = np.nonzero(leaf_valid & center_valid[:, None])
-    leaf, center = b * (k + 1) + 1 + j, b * (k + 1)
-    weight = np.clip(np.nan_to_num(leaf_score[b, j].astype(np.float32)), 0.0, None)
-    edge_index = np.stack([np.concatenate([leaf, center]), np.concatenate([center, leaf])])
-    mask = np.concatenate([center_valid[:, None], leaf_valid], axis=1)
-    return edge_index.astype(np.int64), np.concatenate([weight, weight]), mask
-
-
 @dataclass
 class Batch:
     """A padded batch. Text: ``input_ids``/``attention_mask`` (B, S); ``word_index`` (B, W) the
@@ -165,9 +147,9 @@ class Batch:
     InterRG), the own image, the intra-modal neighbours (with IntraRG); missing ones point at row
     0 and are masked. ``node_mask`` (B, 1 + N) what the tokens may attend to: the "nothing" slot
     (always), then the InterRG nodes (text centre + K), then the IntraRG nodes (own image + K) or,
-    without IntraRG, the own image. ``edges`` (2, E) / ``edge_weight`` (E,): the normalised star
-    graphs of InterRG (the first ``inter_edges`` columns) then IntraRG, each numbered within its own
-    relation. ``text_weight`` (B, W): 1 / words on each word (InterRG's text node is the mean).
+    without IntraRG, the own image. ``adjacency`` (B, G, G): the normalised star graphs of InterRG
+    then IntraRG, block-diagonal (``gcn.star_adjacency``), G = (1 + K) per relation in use.
+    ``text_weight`` (B, 1, W): 1 / words on each word (InterRG's text node is the mean).
     After ``to``: ``nodes_x`` (B, slots, ...) the gathered node features.
     """
 
@@ -180,9 +162,7 @@ class Batch:
     positions: torch.Tensor
     nodes: torch.Tensor | None = None
     node_mask: torch.Tensor | None = None
-    edges: torch.Tensor | None = None
-    edge_weight: torch.Tensor | None = None
-    inter_edges: int = 0
+    adjacency: torch.Tensor | None = None
     text_weight: torch.Tensor | None = None
     nodes_x: torch.Tensor | None = None
 
@@ -247,33 +227,27 @@ class Collator:
     def _add_image(self, batch: Batch, rows: np.ndarray) -> None:
         image, k, size = self.image, self.k, len(rows)
         own = image.own[rows]
-        columns, masks, edges, weights = [], [np.ones((size, 1), bool)], [], []
+        columns, masks, blocks = [], [np.ones((size, 1), bool)], []
         if self.use_inter:
             inter = image.inter[rows, :k]
-            edge, weight, mask = star_edges(np.ones(size, dtype=bool), inter,
-                                            image.inter_score[rows, :k])
+            block, mask = star_adjacency(np.ones(size, dtype=bool), inter,
+                                         image.inter_score[rows, :k])
             columns.append(inter)
             masks.append(mask)
-            edges.append(edge)
-            weights.append(weight)
+            blocks.append(block)
             words = batch.word_mask.numpy()
             batch.text_weight = torch.from_numpy(
-                (words / words.sum(1, keepdims=True)).astype(np.float32))
+                (words / words.sum(1, keepdims=True)).astype(np.float32)[:, None, :])
         columns.append(own[:, None])
         if self.use_intra:
             intra = image.intra[rows, :k]
-            edge, weight, mask = star_edges(own >= 0, intra, image.intra_score[rows, :k])
+            block, mask = star_adjacency(own >= 0, intra, image.intra_score[rows, :k])
             columns.append(intra)
             masks.append(mask)
-            edges.append(edge)
-            weights.append(weight)
+            blocks.append(block)
         else:
             masks.append((own >= 0)[:, None])
         batch.nodes = torch.from_numpy(np.maximum(np.concatenate(columns, axis=1), 0))
         batch.node_mask = torch.from_numpy(np.concatenate(masks, axis=1))
-        if edges:
-            normalised = [gcn_norm(torch.from_numpy(e), torch.from_numpy(w), size * (k + 1))
-                          for e, w in zip(edges, weights)]
-            batch.edges = torch.cat([e for e, _ in normalised], dim=1)
-            batch.edge_weight = torch.cat([w for _, w in normalised])
-            batch.inter_edges = normalised[0][0].shape[1] if self.use_inter else 0
+        if blocks:
+            batch.adjacency = torch.from_numpy(block_diagonal(blocks))

@@ -1,58 +1,101 @@
-"""A graph-convolution layer in PyG's layout (``x``, ``edge_index``, ``edge_weight``), written out.
+"""Graph convolution on batches of small star graphs, written dense: one ``bmm`` per layer.
 
-Graphs are given as ``edge_index`` (2, E) int64 with row 0 the source node and row 1 the target
-node (PyG's ``source_to_target`` flow) and ``edge_weight`` (E,) float. Several small graphs in one
-batch are one big graph with disjoint node ranges.
+A batch holds B examples, each with the same node slots: one star per relation in use (InterRG:
+the tweet's text centre and its K neighbour images; IntraRG: the tweet's own image and its K
+neighbours), so an example's graph is a block-diagonal (N, N) matrix with N = (1 + K) per
+relation. Each relation keeps its own weights; a layer multiplies every node by all of them at
+once (one matmul) and keeps the block of its relation.
+
+Edges are undirected and weighted by the neighbour scores; ``star_adjacency`` adds self-loops and
+normalises as Kipf & Welling (2017): Â = D^{-1/2} (A + I) D^{-1/2}, D the row sums of A + I.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 
-def gcn_norm(edge_index: torch.Tensor, edge_weight: torch.Tensor, num_nodes: int,
-             add_self_loops: bool = True, fill_value: float = 1.0):
-    """Symmetric degree normalisation with self-loops, as in Kipf & Welling (2017).
+def star_adjacency(center_valid: np.ndarray, leaf_rows: np.ndarray, leaf_score: np.ndarray):
+    """The normalised adjacency of B star graphs with ``1 + K`` node slots each (slot 0 the centre).
 
-    Adds an edge ``i -> i`` of weight ``fill_value`` for every node, then rescales every edge
-    ``j -> i`` of weight ``a_ij`` to ``a_ij / sqrt(deg(j) * deg(i))`` where ``deg(i)`` is the sum of
-    the weights of the edges entering ``i`` (self-loop included). A node without any edge keeps
-    degree 0 and all its (non-existent) edges stay 0.
-
-    Args: ``edge_index`` (2, E) int64, ``edge_weight`` (E,) non-negative, ``num_nodes`` N.
-    Returns: ``(edge_index, edge_weight)`` of shapes (2, E + N) and (E + N,) with self-loops.
+    The centre and each valid leaf (``leaf_rows >= 0``) are joined both ways with weight
+    ``max(score, 0)``; a missing leaf, or every leaf of an invalid centre, gets no edge and keeps
+    only its self-loop (it sees itself alone and nobody sees it). Returns ``adjacency``
+    (B, 1 + K, 1 + K) float32 and the slot mask (B, 1 + K) bool (valid centre, valid leaves).
     """
-    if add_self_loops:
-        loop = torch.arange(num_nodes, device=edge_index.device, dtype=edge_index.dtype)
-        edge_index = torch.cat([edge_index, torch.stack([loop, loop])], dim=1)
-        edge_weight = torch.cat([edge_weight, edge_weight.new_full((num_nodes,), fill_value)])
-    source, target = edge_index
-    degree = edge_weight.new_zeros(num_nodes).index_add_(0, target, edge_weight)
-    inv_sqrt = degree.pow(-0.5).masked_fill(degree <= 0, 0.0)
-    return edge_index, inv_sqrt[source] * edge_weight * inv_sqrt[target]
+    batch, k = leaf_rows.shape
+    leaf_valid = leaf_rows >= 0
+    live = leaf_valid & center_valid[:, None]
+    weight = np.where(live, np.clip(np.nan_to_num(leaf_score.astype(np.float32)), 0.0, None), 0.0)
+    a = np.zeros((batch, k + 1, k + 1), dtype=np.float32)
+    a[:, 0, 1:] = weight
+    a[:, 1:, 0] = weight
+    a += np.eye(k + 1, dtype=np.float32)
+    inv_sqrt = 1.0 / np.sqrt(a.sum(axis=2))
+    mask = np.concatenate([center_valid[:, None], leaf_valid], axis=1)
+    return a * inv_sqrt[:, :, None] * inv_sqrt[:, None, :], mask
+
+
+def block_diagonal(blocks: list[np.ndarray]) -> np.ndarray:
+    """(B, n_i, n_i) matrices -> (B, sum n_i, sum n_i), one block per relation."""
+    if len(blocks) == 1:
+        return blocks[0]
+    size = sum(b.shape[1] for b in blocks)
+    out = np.zeros((blocks[0].shape[0], size, size), dtype=blocks[0].dtype)
+    start = 0
+    for block in blocks:
+        n = block.shape[1]
+        out[:, start:start + n, start:start + n] = block
+        start += n
+    return out
+
+
+class RelationLinear(nn.Module):
+    """A linear map per relation over the node slots of a batch: slots ``[start_r, end_r)`` go
+    through relation r's weights. ``x`` (B, N, in) -> (B, N, out), N = sum of ``slots``."""
+
+    def __init__(self, in_dim: int, out_dim: int, slots: tuple[int, ...], bias: bool = True):
+        super().__init__()
+        self.slots, self.out_dim = tuple(slots), out_dim
+        self.lin = nn.Linear(in_dim, out_dim * len(slots), bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x)
+        if len(self.slots) == 1:
+            return y
+        parts, start = [], 0
+        for r, n in enumerate(self.slots):
+            parts.append(y[:, start:start + n, r * self.out_dim:(r + 1) * self.out_dim])
+            start += n
+        return torch.cat(parts, dim=1)
 
 
 class GCNLayer(nn.Module):
-    r"""One graph convolution on an already normalised graph (see ``gcn_norm``):
+    r"""One graph convolution over normalised adjacencies (``star_adjacency``), one weight matrix
+    and bias per relation:
 
     .. math::
-        x'_i = \sum_{(j \to i) \in E} \hat a_{ji} \, \Theta x_j + b,
-        \qquad \text{i.e. } X' = \hat D^{-1/2} \hat A \hat D^{-1/2} X \Theta + b
-        \text{ when } \hat a \text{ comes from } gcn\_norm(A + I).
+        X' = \hat A \, X \Theta_r + b_r \quad \text{on the slots of relation } r
 
-    Shapes: ``x`` (N, in_dim), ``edge_index`` (2, E) int64 (row 0 source, row 1 target),
-    ``edge_weight`` (E,) -> (N, out_dim). No activation: the caller applies one.
+    Shapes: ``x`` (B, N, in_dim), ``adjacency`` (B, N, N) -> (B, N, out_dim). No activation: the
+    caller applies one.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, bias: bool = True):
+    def __init__(self, in_dim: int, out_dim: int, slots: tuple[int, ...] = (1,), bias: bool = True):
         super().__init__()
-        self.lin = nn.Linear(in_dim, out_dim, bias=False)
-        self.bias = nn.Parameter(torch.zeros(out_dim)) if bias else None
+        self.lin = RelationLinear(in_dim, out_dim, slots, bias=False)
+        self.bias = nn.Parameter(torch.zeros(len(slots), out_dim)) if bias else None
+        self.register_buffer("relation", torch.repeat_interleave(
+            torch.arange(len(slots)), torch.tensor(slots)), persistent=False)
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor,
-                edge_weight: torch.Tensor) -> torch.Tensor:
+    def slot_bias(self) -> torch.Tensor:
+        """(N, out_dim): each slot's relation bias."""
+        return self.bias[0].expand(len(self.relation), -1) if len(self.bias) == 1 \
+            else self.bias.index_select(0, self.relation)
+
+    def forward(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
         h = self.lin(x)
-        source, target = edge_index
-        messages = h.index_select(0, source) * edge_weight.unsqueeze(-1)  # in the weights' dtype
-        out = messages.new_zeros(h.shape).index_add_(0, target, messages)
-        return out if self.bias is None else out + self.bias
+        if self.bias is None:
+            return torch.bmm(adjacency.to(h.dtype), h)
+        return torch.baddbmm(self.slot_bias().to(h.dtype), adjacency.to(h.dtype), h)

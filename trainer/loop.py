@@ -59,6 +59,17 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def attention_kernels(device: torch.device):
+    """On CUDA, scaled-dot-product attention without its cuDNN backend, which builds an execution
+    plan for every new input shape (tweet batches bring dozens: seconds of the first epoch) and
+    costs more host time per call than the flash and memory-efficient kernels."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                        SDPBackend.MATH])
+
+
 def train_loader(split: Split, batch_size: int, generator: torch.Generator, pin: bool):
     return DataLoader(range(len(split.encoded)), batch_size=batch_size, shuffle=True,
                       generator=generator, collate_fn=split.collator, pin_memory=pin)
@@ -105,6 +116,12 @@ def evaluate(model, split: Split, device: torch.device, table: torch.Tensor | No
     ``max_subwords`` are tagged ``O`` (``Encoded.truncated_words`` counts them)."""
     start = time.perf_counter()
     model.eval()
+    with attention_kernels(device):
+        tags = _decode_split(model, split, device, table, batch_size, precision)
+    return Evaluation(tags, score(split.gold, tags, type_names), time.perf_counter() - start)
+
+
+def _decode_split(model, split: Split, device, table, batch_size: int, precision: str):
     labels = model.labels
     tags: list[list[str] | None] = [None] * len(split.encoded)
     for batch in eval_loader(split, batch_size, device.type == "cuda"):
@@ -114,7 +131,7 @@ def evaluate(model, split: Split, device: torch.device, table: torch.Tensor | No
             kept = len(split.encoded.first[position])
             total = int(split.encoded.n_words[position])
             tags[position] = [labels[i] for i in ids[row][:kept]] + ["O"] * (total - kept)
-    return Evaluation(tags, score(split.gold, tags, type_names), time.perf_counter() - start)
+    return tags
 
 
 def train(model, train_split: Split, valid_split: Split, optim: OptimConfig, device: torch.device,
@@ -138,7 +155,8 @@ def train(model, train_split: Split, valid_split: Split, optim: OptimConfig, dev
         model.train()
         start = time.perf_counter()
         total = torch.zeros((), device=device)
-        with progress(total=len(loader), desc=f"epoch {epoch}/{optim.epochs}") as bar:
+        with progress(total=len(loader), desc=f"epoch {epoch}/{optim.epochs}") as bar, \
+                attention_kernels(device):
             for batch in loader:
                 with autocast(device, precision):
                     loss = model.loss(batch.to(device, table))
@@ -157,7 +175,7 @@ def train(model, train_split: Split, valid_split: Split, optim: OptimConfig, dev
         improved = f1 > best_f1
         if improved:
             best_f1, stale, outcome.best_epoch = f1, 0, epoch
-            outcome.best_state = {k: v.detach().to("cpu", copy=True)
+            outcome.best_state = {k: v.detach().clone()   # on the device: no host sync
                                   for k, v in model.state_dict().items()}
         else:
             stale += 1

@@ -5,9 +5,10 @@ images -> attention + gate fusion -> emissions -> CRF.
   sees one position per word and its mask starts on).
 - InterRG: a star over the tweet's text node (a projection of the mean word state) and its K
   inter-modal neighbour images. IntraRG: a star over the tweet's own image node and its K
-  intra-modal neighbours. Edge weights are the graph scores; ``gcn_norm`` adds self-loops and
-  normalises (in the collator, on the CPU); ``gcn_layers`` GCN layers with ReLU. Without IntraRG
-  the own image node is only projected (no graph); text-only has no image branch at all.
+  intra-modal neighbours. Edge weights are the graph scores; ``gcn.star_adjacency`` adds
+  self-loops and normalises (in the collator, on the CPU) into one dense block-diagonal matrix per
+  example, so ``gcn_layers`` GCN layers with ReLU cost one ``baddbmm`` each for both relations.
+  Without IntraRG the own image node is only projected (no graph); text-only has no image branch.
 - CRF: pytorch-crf's parameters; likelihood and decoding batched on the device (``crf.py``).
 - Fusion: tokens query the graph nodes (multi-head attention with a learned "nothing" slot whose
   value is zero, so a tweet without usable images gets no image vector), then
@@ -33,7 +34,7 @@ from .config import ModelConfig
 from .crf import allowed_transitions, log_likelihood, viterbi
 from .gcn import GCNLayer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: the relation graphs are one module (RelationGraphs)
 
 
 class RegionPool(nn.Module):
@@ -50,32 +51,39 @@ class RegionPool(nn.Module):
         return (weights.unsqueeze(-1) * x).sum(dim=-2)
 
 
-class RelationGraph(nn.Module):
-    """A star graph per example: a centre node and K neighbour images, through GCN layers.
+class RelationGraphs(nn.Module):
+    """InterRG and/or IntraRG, one star graph per relation and example, through GCN layers.
 
-    ``nodes`` (B, 1 + K, D) with the centre at slot 0, or, when the centre lives in another space
-    (InterRG: the text), ``nodes`` (B, K, D) plus ``center`` (B, C) -> node states (B, 1 + K, G).
-    Edges come with the batch, normalised (``star_edges`` + ``gcn_norm`` in ``batches.Collator``).
-    ReLU after each layer, dropout between layers.
+    ``images`` (B, M, D): the image nodes of the graphs in slot order (InterRG's K neighbours,
+    then IntraRG's own image and K neighbours); ``center`` (B, 1, C): InterRG's text centre, which
+    lives in another space and has its own projection; ``adjacency`` (B, G, G) block-diagonal
+    (``Batch.adjacency``) -> node states (B, G, dim), G = (1 + K) per relation. Each relation has
+    its own weights; one matmul serves both (``gcn.RelationLinear``). ReLU after each layer,
+    dropout between layers.
     """
 
-    def __init__(self, center_dim: int | None, node_dim: int, dim: int, layers: int,
-                 dropout: float):
+    def __init__(self, inter: bool, intra: bool, k: int, center_dim: int, node_dim: int,
+                 dim: int, layers: int, dropout: float):
         super().__init__()
-        self.node_proj = nn.Linear(node_dim, dim)
-        self.center_proj = nn.Linear(center_dim, dim) if center_dim is not None else None
-        self.layers = nn.ModuleList(GCNLayer(dim, dim) for _ in range(layers))
+        slots = (1 + k,) * (int(inter) + int(intra))
+        self.inter, self.k, self.dim = inter, k, dim
+        self.node_proj = nn.Linear(node_dim, dim * len(slots))
+        self.center_proj = nn.Linear(center_dim, dim) if inter else None
+        self.layers = nn.ModuleList(GCNLayer(dim, dim, slots) for _ in range(layers))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, nodes, edge_index, edge_weight, center=None) -> torch.Tensor:
-        x = self.node_proj(nodes)
-        if self.center_proj is not None:
-            x = torch.cat([self.center_proj(center).unsqueeze(1), x], dim=1)
-        batch, slots, dim = x.shape
-        x = x.reshape(batch * slots, dim)
+    def forward(self, images, adjacency, center=None) -> torch.Tensor:
+        y = self.node_proj(images)
+        if self.inter:   # the text centre first, then each relation's image nodes, own weights
+            parts = [self.center_proj(center), y[:, :self.k, :self.dim]]
+            if y.shape[-1] > self.dim:
+                parts.append(y[:, self.k:, self.dim:])
+            x = torch.cat(parts, dim=1)
+        else:
+            x = y
         for i, layer in enumerate(self.layers):
-            x = F.relu(layer(self.dropout(x) if i else x, edge_index, edge_weight))
-        return x.view(batch, slots, dim)
+            x = F.relu(layer(self.dropout(x) if i else x, adjacency))
+        return x
 
 
 class NodeAttention(nn.Module):
@@ -111,30 +119,27 @@ class ImageBranch(nn.Module):
         super().__init__()
         dim, node_dim = config.graph_dim, node_shape[-1]
         self.pool = RegionPool(node_dim, config.region_pool) if len(node_shape) == 2 else None
-        self.inter = (RelationGraph(hidden, node_dim, dim, config.gcn_layers, config.dropout)
-                      if config.inter else None)
-        self.intra = (RelationGraph(None, node_dim, dim, config.gcn_layers, config.dropout)
-                      if config.intra else None)
+        self.graphs = (RelationGraphs(config.inter, config.intra, config.k, hidden, node_dim, dim,
+                                      config.gcn_layers, config.dropout)
+                       if config.inter or config.intra else None)
         self.own = None if config.intra else nn.Sequential(nn.Linear(node_dim, dim), nn.ReLU())
         self.attend = NodeAttention(hidden, dim, config.heads, config.dropout)
         self.gate = nn.Linear(2 * hidden, hidden) if config.gate else None
-        self.k = config.k
+        self.k, self.inter = config.k, config.inter
 
     def forward(self, h: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Word states ``h`` (B, W, H) -> fused states (B, W, H); see ``Batch`` for the layout."""
         x = batch.nodes_x if self.pool is None else self.pool(batch.nodes_x)   # (B, slots, D)
-        split, own = batch.inter_edges, self.k if self.inter is not None else 0
-        nodes = []
-        if self.inter is not None:
-            text = (h * batch.text_weight.unsqueeze(-1)).sum(1)
-            nodes.append(self.inter(x[:, :own], batch.edges[:, :split],
-                                    batch.edge_weight[:split], center=text))
-        if self.intra is not None:   # the own image and its neighbours: slots own .. own + K
-            nodes.append(self.intra(x[:, own:], batch.edges[:, split:], batch.edge_weight[split:]))
+        own = self.k if self.inter else 0          # the own image's slot
+        if self.graphs is None:
+            nodes = self.own(x)
         else:
-            nodes.append(self.own(x[:, own:own + 1]))
-        v = self.attend(h, torch.cat(nodes, dim=1) if len(nodes) > 1 else nodes[0],
-                        batch.node_mask)
+            text = torch.bmm(batch.text_weight.to(h.dtype), h) if self.inter else None
+            images = x if self.own is None else x[:, :own]
+            nodes = self.graphs(images, batch.adjacency, center=text)
+            if self.own is not None:
+                nodes = torch.cat([nodes, self.own(x[:, own:own + 1])], dim=1)
+        v = self.attend(h, nodes, batch.node_mask)
         if self.gate is None:
             return h + v
         return h + torch.sigmoid(self.gate(torch.cat([h, v], dim=-1))) * v
