@@ -145,19 +145,21 @@ def bench_shared_gpu(encoder, batches, spec, device) -> float:
     one-GPU extract, without files, workers, copies back or HDF5. nvJPEG and the model compete
     for the same device, so it sits below the slower of the two alone."""
     import threading
+    from contextlib import nullcontext
 
     size = encoder.spec.preprocess["size"]
     images = torch.randint(0, 256, (len(batches[0]["rows"]), 3, size, size), dtype=torch.uint8,
                            device=device)
     encoder.forward_views(images)
     sync(device)
-    stream = torch.cuda.Stream(torch.device(device))
+    cuda = device.startswith("cuda")
+    stream = torch.cuda.Stream(torch.device(device)) if cuda else None
 
     def decode():
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(stream) if cuda else nullcontext():
             for batch in batches:
                 materialize(batch, spec, device)
-            stream.synchronize()
+            sync(device)
     thread = threading.Thread(target=decode)
     start = time.perf_counter()
     thread.start()

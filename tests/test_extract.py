@@ -326,7 +326,11 @@ def test_the_benchmark_runs_small_on_cpu_with_every_row_it_can(tmp_path, capsys,
                                                                    result["decode"]["cpu_pil"])
     assert "ext/min = extract over the slower of forward and decode (PIL)" in result["table"]
     paths = sorted((tmp_path / "images").glob("*.jpg"))      # the GPU rows' code, on the CPU
-    speeds = bench.bench_gpu_decode(paths, DecodeSpec(16), 2, "cpu")
+    batches = bench.jpeg_batches(paths, 2, "cpu")
+    speeds = bench.bench_gpu_decode(batches, DecodeSpec(16), "cpu")
     assert sorted(speeds) == ["gpu_nvjpeg_bare", "gpu_nvjpeg_resize_each", "gpu_route"]
+    from pipeline.encoders import load_encoder
+    assert bench.bench_shared_gpu(load_encoder("efficientnet-lite0:random", "cpu", "fp32"),
+                                  batches, DecodeSpec(224), "cpu") > 0
     assert min(speeds.values()) > 0 and bench.bench_input_path(paths, DecodeSpec(16), 2, 0,
                                                                "cpu") > 0
