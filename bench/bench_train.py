@@ -68,14 +68,18 @@ def subset(inputs: TrainInputs, train: int | None, valid: int) -> TrainInputs:
     return TrainInputs(dataset, inputs.image, inputs.files)
 
 
-def time_variant(config: TrainConfig, inputs: TrainInputs) -> dict:
-    """Train ``config`` for its epochs; the training-pass seconds of each epoch."""
+def time_variant(config: TrainConfig, inputs: TrainInputs, compile_branch: bool = False) -> dict:
+    """Train ``config`` for its epochs; the training-pass seconds of each epoch. With
+    ``compile_branch`` the image branch runs through ``torch.compile`` (dynamic shapes; an
+    experiment: the compile lands in the first epoch, which the table leaves out)."""
     import torch
 
     from trainer.loop import train
     from trainer.run import prepare
 
     prep = prepare(config, inputs)
+    if compile_branch and prep.model.image is not None:
+        prep.model.image.forward = torch.compile(prep.model.image.forward, dynamic=True)
     generator = torch.Generator().manual_seed(config.seed)
     outcome = train(prep.model, prep.splits["train"], prep.splits["valid"], prep.config.optim,
                     prep.device, generator, prep.table, prep.config.precision,
@@ -157,6 +161,8 @@ def main(argv=None) -> dict:
                         help="auto: the cache when extract/build-graphs ran, else synthetic.")
     parser.add_argument("--node-shape", default="384", help="Synthetic node shape: 384 or 49x1280.")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--compile-branch", action="store_true",
+                        help="Experiment: the image branch through torch.compile.")
     parser.add_argument("--out", type=Path, default=None, help="Also write the results as JSON.")
     parser.add_argument("--profile", type=Path, default=None,
                         help="Also profile one epoch of each model on --profile-limit tweets "
@@ -186,7 +192,8 @@ def main(argv=None) -> dict:
     runs = []
     for _ in range(args.rounds):
         for text_only in (True, False):
-            runs.append(time_variant(base.with_overrides(text_only=text_only), inputs))
+            runs.append(time_variant(base.with_overrides(text_only=text_only), inputs,
+                                     args.compile_branch))
             print(f"{runs[-1]['variant']}: epochs {[round(t, 2) for t in runs[-1]['epochs']]} s",
                   file=sys.stderr)
     steps = -(-len(inputs.dataset.splits["train"]) // args.batch_size)
@@ -199,7 +206,7 @@ def main(argv=None) -> dict:
     result = {"machine": machine(args.device), "device": args.device, "encoder": args.encoder,
               "dataset": inputs.dataset.name, "train_tweets": len(inputs.dataset.splits["train"]),
               "batch_size": args.batch_size, "epochs": args.epochs, "rounds": args.rounds,
-              "steps_per_epoch": steps, "nodes": source,
+              "steps_per_epoch": steps, "nodes": source, "compile_branch": args.compile_branch,
               "precision": args.precision, "rows": rows}
     print(table(result))
     if args.out:
