@@ -32,7 +32,7 @@ from pipeline.errors import MissingInput
 from .batches import SHAPE_FEATURES, Batch
 from .config import ModelConfig
 from .crf import allowed_transitions, log_likelihood, viterbi
-from .gcn import GCNLayer
+from .gcn import GCNLayer, RelationLinear
 
 FORMAT_VERSION = 2   # 2: the relation graphs are one module (RelationGraphs)
 
@@ -65,22 +65,17 @@ class RelationGraphs(nn.Module):
     def __init__(self, inter: bool, intra: bool, k: int, center_dim: int, node_dim: int,
                  dim: int, layers: int, dropout: float):
         super().__init__()
-        slots = (1 + k,) * (int(inter) + int(intra))
-        self.inter, self.k, self.dim = inter, k, dim
-        self.node_proj = nn.Linear(node_dim, dim * len(slots))
+        slots = (1 + k,) * (int(inter) + int(intra))           # graph slots, per relation
+        images = (k,) * int(inter) + (1 + k,) * int(intra)     # their image slots (no text)
+        self.node_proj = RelationLinear(node_dim, dim, images)
         self.center_proj = nn.Linear(center_dim, dim) if inter else None
         self.layers = nn.ModuleList(GCNLayer(dim, dim, slots) for _ in range(layers))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, images, adjacency, center=None) -> torch.Tensor:
-        y = self.node_proj(images)
-        if self.inter:   # the text centre first, then each relation's image nodes, own weights
-            parts = [self.center_proj(center), y[:, :self.k, :self.dim]]
-            if y.shape[-1] > self.dim:
-                parts.append(y[:, self.k:, self.dim:])
-            x = torch.cat(parts, dim=1)
-        else:
-            x = y
+        x = self.node_proj(images)
+        if self.center_proj is not None:   # the text centre first, in its own projection
+            x = torch.cat([self.center_proj(center), x], dim=1)
         for i, layer in enumerate(self.layers):
             x = F.relu(layer(self.dropout(x) if i else x, adjacency))
         return x
