@@ -298,6 +298,8 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn,
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=None,
               help="auto: bf16 autocast on CUDA, fp32 on CPU.")
 @click.option("--deterministic", is_flag=True, help="torch deterministic algorithms.")
+@click.option("--no-cuda-graphs", is_flag=True,
+              help="On CUDA, run each step eagerly instead of replaying it as a CUDA graph.")
 @click.option("--slug", default=None,
               help="Run folder suffix [default: <dataset>-<variant>-s<seed>].")
 @click.option("--no-checkpoint", is_flag=True,

@@ -86,6 +86,7 @@ def time_variant(config: TrainConfig, inputs: TrainInputs, compile_branch: bool 
                     inputs.dataset.type_names)
     epochs = [r["train_seconds"] for r in outcome.history]
     return {"variant": config.model.variant(), "epochs": epochs[1:] or epochs,
+            "step_record": outcome.steps,
             "first_epoch": epochs[0], "parameters": sum(p.numel() for p in prep.model.parameters()),
             "node_shape": list(inputs.image.node_shape) if config.model.uses_image else None}
 
@@ -138,7 +139,8 @@ def summarise(runs: list[dict], steps: int) -> list[dict]:
                      "node_shape": mine[0]["node_shape"], "epoch_seconds_min": min(times),
                      "epoch_seconds_median": statistics.median(times),
                      "ms_per_step_min": 1000 * min(times) / steps, "epoch_seconds": times,
-                     "first_epochs": [r["first_epoch"] for r in mine]})
+                     "first_epochs": [r["first_epoch"] for r in mine],
+                     "step_records": [r["step_record"] for r in mine]})
     for row in rows:
         row["ratio"] = row["epoch_seconds_min"] / rows[0]["epoch_seconds_min"]
         row["ratio_median"] = row["epoch_seconds_median"] / rows[0]["epoch_seconds_median"]
@@ -161,6 +163,8 @@ def main(argv=None) -> dict:
                         help="auto: the cache when extract/build-graphs ran, else synthetic.")
     parser.add_argument("--node-shape", default="384", help="Synthetic node shape: 384 or 49x1280.")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--no-cuda-graphs", action="store_true",
+                        help="On CUDA, eager steps instead of CUDA-graph replays.")
     parser.add_argument("--compile-branch", action="store_true",
                         help="Experiment: the image branch through torch.compile.")
     parser.add_argument("--out", type=Path, default=None, help="Also write the results as JSON.")
@@ -174,7 +178,8 @@ def main(argv=None) -> dict:
                        device=args.device, precision=args.precision,
                        model=ModelConfig(encoder=args.encoder),
                        optim=OptimConfig(epochs=args.epochs, batch_size=args.batch_size,
-                                         patience=args.epochs))
+                                         patience=args.epochs,
+                                         cuda_graphs=not args.no_cuda_graphs))
     inputs, source = None, "synthetic"
     if args.nodes in ("auto", "cached"):
         try:
@@ -207,6 +212,7 @@ def main(argv=None) -> dict:
               "dataset": inputs.dataset.name, "train_tweets": len(inputs.dataset.splits["train"]),
               "batch_size": args.batch_size, "epochs": args.epochs, "rounds": args.rounds,
               "steps_per_epoch": steps, "nodes": source, "compile_branch": args.compile_branch,
+              "cuda_graphs": runs[-1]["step_record"].get("mode") == "cuda-graph",
               "precision": args.precision, "rows": rows}
     print(table(result))
     if args.out:
@@ -223,7 +229,8 @@ def table(result: dict) -> str:
              f"{result['dataset']}: {result['train_tweets']} train tweets, batch "
              f"{result['batch_size']} ({result['steps_per_epoch']} steps), encoder "
              f"{result['encoder']}, nodes {result['nodes']}, {result['rounds']} round(s) x "
-             f"{result['epochs']} epochs",
+             f"{result['epochs']} epochs, steps "
+             f"{'CUDA graphs' if result.get('cuda_graphs') else 'eager'}",
              "| model | parameters | s / epoch (min) | s / epoch (median) | ms / step (min) "
              "| ratio to text-only (min) |", "|---|---|---|---|---|---|"]
     for row in result["rows"]:

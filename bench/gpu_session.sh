@@ -7,11 +7,12 @@
 #   bash bench/gpu_session.sh setup features bench     # then, in a second call:
 #   bash bench/gpu_session.sh setup train
 #   bash bench/gpu_session.sh setup matrix             # issue 6: RESULTS.md (see results_matrix.py)
+#   DATASETS=twitter2017 bash bench/gpu_session.sh setup features steps   # issue 5: CUDA graphs
 #
 # Logs and JSON are packed into $OUT/gpu-results.tgz (bench/gpu-results.tgz without $OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=/tmp/gpu-out
+out=${GPU_OUT:-/tmp/gpu-out}   # GPU_OUT=$OUT/gpu: logs come back even if the call is cut short
 mkdir -p "$out"
 trap 'tar czf "${OUT:-bench}/gpu-results.tgz" -C "$out" .' EXIT
 data=/tmp/mner-data/shared/data
@@ -27,7 +28,7 @@ setup() {
 }
 
 features() {
-    for ds in twitter2017 twitter2015; do
+    for ds in ${DATASETS:-twitter2017 twitter2015}; do
         python3 cli.py extract --data-dir "$data/$ds" --text-encoder /tmp/minilm-l6-fp16 --quiet
         python3 cli.py build-graphs --data-dir "$data/$ds" --quiet
     done 2>&1 | tee "$out/features.log"
@@ -40,6 +41,24 @@ bench() {
         --out "$out/extract.json" 2>&1 | tee "$out/bench-extract.log"
     python3 bench/bench_train.py --device cuda --data-dir "$data/twitter2017" \
         --encoder /tmp/minilm-l6-fp16 --out "$out/train.json" 2>&1 | tee "$out/bench-train.log"
+}
+
+# Issue 5, CUDA-graph steps: their GPU tests, then one full TW17 training of each model (wall
+# time), then the per-epoch ratio full / text-only with graphs and without (needs features).
+steps() {
+    python3 -m pytest -q -rs tests/test_steps.py 2>&1 | tee "$out/steps-tests.log"
+    for variant in "" --text-only; do
+        local name=run-twitter2017${variant:--full} start=$SECONDS
+        python3 cli.py train --data-dir "$data/twitter2017" --encoder /tmp/minilm-l6-fp16 \
+            $variant --seeds 1 --no-checkpoint --quiet > "$out/$name.log" 2>&1
+        echo "wall $((SECONDS - start)) s" | tee -a "$out/$name.log"
+        tail -n 4 "$out/$name.log"
+    done
+    for graphs in "" --no-cuda-graphs; do
+        python3 bench/bench_train.py --device cuda --data-dir "$data/twitter2017" \
+            --encoder /tmp/minilm-l6-fp16 --nodes synthetic --limit 1600 --epochs 3 $graphs \
+            --out "$out/train${graphs:--graphs}.json" 2>&1 | tee "$out/bench-train${graphs}.log"
+    done
 }
 
 # Every training at once, spread round-robin over the GPUs (small models leave a GPU mostly idle).

@@ -174,12 +174,28 @@ class Batch:
     def pin_memory(self) -> "Batch":
         return self._map(lambda t: t.pin_memory())
 
+    def shape_key(self) -> tuple:
+        """The shapes of its tensors: batches with equal keys fit the same CUDA graph."""
+        return tuple((f.name, tuple(getattr(self, f.name).shape)) for f in fields(self)
+                     if torch.is_tensor(getattr(self, f.name)))
+
+    def copy_(self, other: "Batch") -> None:
+        """Copy ``other``'s tensors into this batch's own (same shapes; ``positions`` kept)."""
+        for f in fields(self):
+            mine = getattr(self, f.name)
+            if torch.is_tensor(mine) and f.name != "positions":
+                mine.copy_(getattr(other, f.name), non_blocking=True)
+
     def to(self, device, table: torch.Tensor | None = None) -> "Batch":
         """Move to ``device`` and gather node features from ``table`` (already on ``device``)."""
         out = self._map(lambda t: t.to(device, non_blocking=True))
         if table is not None and out.nodes is not None:
             out.nodes_x = table[out.nodes]
         return out
+
+
+def _round_up(n: int, multiple: int, cap: int) -> int:
+    return max(n, min(-(-n // multiple) * multiple, cap))
 
 
 class Collator:
@@ -194,6 +210,7 @@ class Collator:
                  k: int = 5):
         self.encoded, self.pad_id, self.image = encoded, pad_id, image
         self.rows, self.use_inter, self.use_intra, self.k = rows, inter, intra, k
+        self._longest_cache: dict[str, int] = {}
         if image is not None and (rows is None or len(rows) != len(encoded)):
             raise ValueError("Collator needs one image row per example")
         held = min(image.inter.shape[1], image.intra.shape[1]) if image is not None else k
@@ -201,11 +218,15 @@ class Collator:
             raise InvalidConfig(f"the graphs hold {held} neighbours per item but model.k is {k}; "
                                 "lower --k or rebuild the graphs with a larger --k")
 
-    def __call__(self, positions) -> Batch:
+    def __call__(self, positions, pad_to: tuple[int, int] = (1, 1)) -> Batch:
+        """``pad_to`` (subwords, words): pad the batch's length to a multiple of these (at most
+        to the split's longest example), so that batches come in few shapes (``steps``)."""
         enc = self.encoded
         positions = np.asarray(positions, dtype=np.int64)
-        seq = max(len(enc.input_ids[p]) for p in positions)
-        words = max(len(enc.first[p]) for p in positions)
+        seq = _round_up(max(len(enc.input_ids[p]) for p in positions), pad_to[0],
+                        self._longest("input_ids"))
+        words = _round_up(max(len(enc.first[p]) for p in positions), pad_to[1],
+                          self._longest("first"))
         size = len(positions)
         ids = np.full((size, seq), self.pad_id, dtype=np.int64)
         attention = np.zeros((size, seq), dtype=np.int64)
@@ -223,6 +244,11 @@ class Collator:
         if self.image is not None:
             self._add_image(batch, self.rows[positions])
         return batch
+
+    def _longest(self, name: str) -> int:
+        if name not in self._longest_cache:
+            self._longest_cache[name] = max(len(x) for x in getattr(self.encoded, name))
+        return self._longest_cache[name]
 
     def _add_image(self, batch: Batch, rows: np.ndarray) -> None:
         image, k, size = self.image, self.k, len(rows)

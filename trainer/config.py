@@ -112,6 +112,7 @@ class OptimConfig:
     warmup: float = 0.1               # fraction of all steps
     clip: float = 1.0
     patience: int = 4                 # epochs without a better valid F1 before stopping
+    cuda_graphs: bool = True          # on CUDA, replay each step as a CUDA graph (trainer.steps)
 
     def __post_init__(self):
         _check(self.epochs >= 1, f"optim.epochs must be >= 1, got {self.epochs}")
@@ -227,6 +228,7 @@ OVERRIDES = {  # flat option name -> (group, field); "" is TrainConfig itself
                                           "context_subwords")},
     "no_inter": ("model", "inter"), "no_intra": ("model", "intra"), "no_gate": ("model", "gate"),
     "no_shape": ("model", "shape"), "no_checkpoint": ("", "checkpoint"),
+    "no_cuda_graphs": ("optim", "cuda_graphs"),
     **{name: ("optim", name) for name in ("epochs", "batch_size", "lr_encoder", "lr_head",
                                           "weight_decay", "warmup", "clip", "patience")},
 }

@@ -10,6 +10,7 @@ tensor.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from pipeline.progress import no_progress
 from .batches import Collator, Encoded
 from .config import OptimConfig
 from .metrics import score
+from .steps import autocast, make_step, set_learning_rates, uses_graphs
 
 
 @dataclass
@@ -48,15 +50,7 @@ class Outcome:
     best_state: dict
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CUDA (``auto`` or ``bf16``); plain fp32 otherwise."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    if device.type == "cpu" and precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    steps: dict = field(default_factory=dict)   # how the steps ran (steps.EagerStep.record)
 
 
 def attention_kernels(device: torch.device):
@@ -70,9 +64,12 @@ def attention_kernels(device: torch.device):
                         SDPBackend.MATH])
 
 
-def train_loader(split: Split, batch_size: int, generator: torch.Generator, pin: bool):
+def train_loader(split: Split, batch_size: int, generator: torch.Generator, pin: bool,
+                 pad_to: tuple[int, int] = (1, 1)):
     return DataLoader(range(len(split.encoded)), batch_size=batch_size, shuffle=True,
-                      generator=generator, collate_fn=split.collator, pin_memory=pin)
+                      generator=generator, collate_fn=functools.partial(split.collator,
+                                                                        pad_to=pad_to),
+                      pin_memory=pin)
 
 
 def eval_loader(split: Split, batch_size: int, pin: bool):
@@ -83,7 +80,9 @@ def eval_loader(split: Split, batch_size: int, pin: bool):
                       collate_fn=split.collator, pin_memory=pin)
 
 
-def _param_groups(model, optim: OptimConfig) -> list[dict]:
+def _param_groups(model, optim: OptimConfig, lr_device: torch.device | None = None):
+    """AdamW groups: encoder / new layers x with / without weight decay. With ``lr_device`` the
+    rates are tensors there (a CUDA-graph step reads them from device memory)."""
     groups = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -91,7 +90,9 @@ def _param_groups(model, optim: OptimConfig) -> list[dict]:
         encoder = name.startswith("encoder.")
         decay = param.ndim >= 2 and not name.startswith("crf.")
         key = (encoder, decay)
-        groups.setdefault(key, {"params": [], "lr": optim.lr_encoder if encoder else optim.lr_head,
+        lr = optim.lr_encoder if encoder else optim.lr_head
+        held = lr if lr_device is None else torch.tensor(lr, device=lr_device)
+        groups.setdefault(key, {"params": [], "base_lr": lr, "lr": held,
                                 "weight_decay": optim.weight_decay if decay else 0.0,
                                 "name": "encoder" if encoder else "new"})
         groups[key]["params"].append(param)
@@ -144,30 +145,27 @@ def train(model, train_split: Split, valid_split: Split, optim: OptimConfig, dev
     best (whether this epoch is the best so far).
     """
     pin = device.type == "cuda"
-    loader = train_loader(train_split, optim.batch_size, generator, pin)
-    optimizer = torch.optim.AdamW(_param_groups(model, optim), fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(optim.epochs * len(loader), optim.warmup))
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    graphs = uses_graphs(device, optim.cuda_graphs)
+    optimizer = torch.optim.AdamW(_param_groups(model, optim, device if graphs else None),
+                                  fused=pin, capturable=graphs)
+    step = make_step(model, optimizer, optim.clip, device, precision, table, graphs)
+    loader = train_loader(train_split, optim.batch_size, generator, pin, step.pad_to)
+    bases = [g["base_lr"] for g in optimizer.param_groups]
+    factor, done = _schedule(optim.epochs * len(loader), optim.warmup), 0
+    set_learning_rates(optimizer, bases, factor(done))
     outcome = Outcome(best_epoch=0, best_state={})
     best_f1, stale = -1.0, 0
     for epoch in range(1, optim.epochs + 1):
         model.train()
         start = time.perf_counter()
-        total = torch.zeros((), device=device)
         with progress(total=len(loader), desc=f"epoch {epoch}/{optim.epochs}") as bar, \
                 attention_kernels(device):
             for batch in loader:
-                with autocast(device, precision):
-                    loss = model.loss(batch.to(device, table))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(parameters, optim.clip)
-                optimizer.step()
-                scheduler.step()
-                total += loss.detach()
+                step(batch)
+                done += 1
+                set_learning_rates(optimizer, bases, factor(done))
                 bar.update(1)
-        train_loss = total.item() / len(loader)  # the one host sync of the epoch
+        train_loss = step.take_loss() / len(loader)  # the one host sync of the epoch
         seconds = time.perf_counter() - start
         valid = evaluate(model, valid_split, device, table, optim.eval_batch_size, precision,
                          type_names)
@@ -181,7 +179,8 @@ def train(model, train_split: Split, valid_split: Split, optim: OptimConfig, dev
             stale += 1
         record = {"epoch": epoch, "train_loss": train_loss, "train_seconds": seconds,
                   "valid_seconds": valid.seconds,
-                  **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
+                  **{f"lr_{g['name']}": g["base_lr"] * factor(done)
+                     for g in optimizer.param_groups},
                   "valid": valid.scores, "best": improved}
         outcome.history.append(record)
         if on_epoch is not None:
@@ -189,4 +188,5 @@ def train(model, train_split: Split, valid_split: Split, optim: OptimConfig, dev
         if stale >= optim.patience:
             outcome.stopped_early = epoch < optim.epochs
             break
+    outcome.steps = step.record()
     return outcome

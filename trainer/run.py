@@ -239,6 +239,8 @@ def train_run(config: TrainConfig, inputs: TrainInputs, progress=no_progress,
 
     outcome = train(model, splits["train"], splits["valid"], config.optim, device, generator, table,
                     config.precision, inputs.dataset.type_names, progress, on_epoch)
+    if outcome.steps.get("capture_failure"):
+        log(f"CUDA graphs were off for this run: {outcome.steps['capture_failure']}")
     model.load_state_dict(outcome.best_state)
     scores = {}
     for name in ("valid", "test"):
@@ -253,7 +255,8 @@ def train_run(config: TrainConfig, inputs: TrainInputs, progress=no_progress,
     write_json(tmp / "results.json", {"best_epoch": outcome.best_epoch, "valid": scores["valid"],
                                       "test": scores["test"], "seconds": seconds,
                                       "epochs_run": len(outcome.history),
-                                      "stopped_early": outcome.stopped_early})
+                                      "stopped_early": outcome.stopped_early,
+                                      "steps": outcome.steps})
     os.replace(tmp, final)
     return RunResult(final, outcome.best_epoch, scores["valid"], scores["test"], seconds,
                      len(outcome.history))
