@@ -26,6 +26,8 @@ def test_config_round_trips_and_refuses_bad_values(tmp_path):
     assert config.with_overrides(no_gate=True, epochs=4, pool="train") == TrainConfig(
         data_dir="d", pool="train", model=ModelConfig(inter=False, k=3, gate=False),
         optim=OptimConfig(epochs=4))
+    assert config.optim.cuda_graphs and not config.with_overrides(
+        no_cuda_graphs=True).optim.cuda_graphs
     path.write_text(json.dumps({"data_dir": "d", "model": {"layers": 2}}))
     with pytest.raises(Exception) as err:
         TrainConfig.from_json(path)
@@ -49,6 +51,8 @@ def test_train_writes_a_complete_run(tiny_run, tiny_pipeline):
     assert config.model.node_view == "image_global" and config.model.k == 3 and config.seed == 1
     epochs = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2]
+    steps = json.loads((tiny_run / "results.json").read_text())["steps"]
+    assert steps == {"mode": "eager", "eager_steps": 4}   # CPU: 6 tweets, batch 4, 2 epochs
     assert set(epochs[0]["valid"]) == {"conlleval", "strict"}
     assert (tiny_run / "curve.png").read_bytes()[:4] == b"\x89PNG"
     record = json.loads((tiny_run / "inputs.json").read_text())
