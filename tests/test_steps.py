@@ -1,9 +1,13 @@
-"""Training steps: batch padding to few shapes (what CUDA graphs need) changes no result; on a
-GPU, a step replayed as a CUDA graph updates the model exactly as the eager step does."""
+"""Training steps: batch padding to few shapes (what CUDA graphs need) changes no result; the
+graphed step's bookkeeping (warm-up, capture, input copy, replay, fallback) trains exactly as the
+eager step, on the CPU through a stand-in for the CUDA calls; on a GPU (tests marked ``cuda``, run
+by ``bench/gpu_session.sh steps``) the real CUDA graphs update the model as the eager step does."""
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -84,15 +88,86 @@ def batches_in_few_shapes(collator, pad_to):
     return [collator(p, pad_to=pad_to) for p in orders] + [collator([0, 1, 2], pad_to=pad_to)] * 4
 
 
-def run_steps(kind, model, batches, table, device):
-    optimizer = torch.optim.AdamW(_param_groups(model, OptimConfig(), lr_device=device),
-                                  fused=True, capturable=True)
-    step = kind(model, optimizer, 1.0, device, "fp32", table)
+def run_steps(kind, model, batches, table, device, **kwargs):
+    cuda = device.type == "cuda"
+    optimizer = torch.optim.AdamW(_param_groups(model, OptimConfig(), device if cuda else None),
+                                  fused=cuda, capturable=cuda)
+    step = kind(model, optimizer, 1.0, device, "fp32", table, **kwargs)
     losses = []
     for batch in batches:
-        step(batch.pin_memory())
+        step(batch.pin_memory() if cuda else batch)
         losses.append(step.take_loss())
     return step, losses
+
+
+class CPUGraphs:
+    """``steps.CudaGraphs``' stand-in on the CPU, true to what the step relies on: a capture runs
+    nothing, a replay runs the recorded step on the graph's own input tensors and writes the
+    gradients afresh (as a backward captured with no gradients does)."""
+
+    def __init__(self, model, fail: str | None = None):
+        self.model, self.fail = model, fail
+
+    def side_stream(self):
+        return contextlib.nullcontext()
+
+    def capture(self, step):
+        if self.fail:
+            raise RuntimeError(self.fail)
+
+        def replay():
+            self.model.zero_grad(set_to_none=True)
+            step()
+        return SimpleNamespace(replay=replay)
+
+    def synchronize(self):
+        pass
+
+
+def expected_counts(batches) -> dict:
+    seen = Counter(b.shape_key() for b in batches).values()
+    return {"graphs": sum(n > WARMUP for n in seen),
+            "graph_steps": sum(max(0, n - WARMUP) for n in seen),
+            "eager_steps": sum(min(n, WARMUP) for n in seen)}
+
+
+def test_graphed_step_bookkeeping_matches_the_eager_step(tiny_encoder, tiny_dataset):
+    """On the CPU stand-in: warm-up, capture, copy into the graph's inputs, replay; every batch
+    trains exactly as the eager step trains it (a field left out of the copy would differ)."""
+    device = torch.device("cpu")
+    model, collator, table = tiny_setup(tiny_encoder, tiny_dataset)
+    twin = copy.deepcopy(model)
+    batches = batches_in_few_shapes(collator, GraphedStep.pad_to)
+    _, eager_losses = run_steps(EagerStep, model, batches, table, device)
+    graphed, graph_losses = run_steps(GraphedStep, twin, batches, table, device,
+                                      cuda=CPUGraphs(twin))
+    record = graphed.record()
+    assert record["mode"] == "cuda-graph" and record["capture_failure"] is None
+    counts = expected_counts(batches)
+    assert {k: record[k] for k in counts} == counts and counts["graph_steps"] >= 4
+    assert graph_losses == eager_losses
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_a_failed_capture_is_reported_once_and_training_goes_on_eagerly(tiny_encoder,
+                                                                       tiny_dataset):
+    device = torch.device("cpu")
+    model, collator, table = tiny_setup(tiny_encoder, tiny_dataset)
+    twin = copy.deepcopy(model)
+    batches = batches_in_few_shapes(collator, GraphedStep.pad_to)
+    _, eager_losses = run_steps(EagerStep, model, batches, table, device)
+    why = "operation not permitted when stream is capturing"
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed") as caught:
+        graphed, graph_losses = run_steps(GraphedStep, twin, batches, table, device,
+                                          cuda=CPUGraphs(twin, fail=why))
+    assert len([w for w in caught if "capture failed" in str(w.message)]) == 1
+    record = graphed.record()
+    assert record["mode"] == "eager (capture failed)"
+    assert record["capture_failure"] == f"RuntimeError: {why}"
+    assert record["graphs"] == record["graph_steps"] == 0
+    assert record["eager_steps"] == len(batches)
+    assert graph_losses == eager_losses
 
 
 @cuda
@@ -107,10 +182,8 @@ def test_a_cuda_graph_step_updates_the_model_exactly_as_the_eager_step(tiny_enco
     graphed, graph_losses = run_steps(GraphedStep, twin, batches, table, device)
     record = graphed.record()
     assert record["capture_failure"] is None, record
-    seen = Counter(b.shape_key() for b in batches).values()
-    assert record["mode"] == "cuda-graph"
-    assert record["graphs"] == sum(n > WARMUP for n in seen) >= 2
-    assert record["graph_steps"] == sum(max(0, n - WARMUP) for n in seen) >= 4
+    counts = expected_counts(batches)
+    assert record["mode"] == "cuda-graph" and {k: record[k] for k in counts} == counts
     np.testing.assert_allclose(graph_losses, eager_losses, rtol=1e-5, atol=1e-6)
     for (name, a), b in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)

@@ -95,17 +95,45 @@ class EagerStep:
         return {"mode": "eager", "eager_steps": self.eager_steps}
 
 
+class CudaGraphs:
+    """The CUDA calls of ``GraphedStep``, in one place: one memory pool shared by its graphs, a
+    side stream for the eager warm-up steps, capture and synchronisation. (The tests run
+    ``GraphedStep`` on the CPU through a stand-in with the same methods.)"""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.pool = torch.cuda.graph_pool_handle()
+        self.side = torch.cuda.Stream(device)
+
+    @contextlib.contextmanager
+    def side_stream(self):
+        main = torch.cuda.current_stream(self.device)
+        self.side.wait_stream(main)
+        with torch.cuda.stream(self.side):
+            yield
+        main.wait_stream(self.side)
+
+    def capture(self, step):
+        """Record ``step()`` (its kernels run only on ``replay()``)."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            step()
+        return graph
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+
 class GraphedStep(EagerStep):
     """The same step, replayed as one CUDA graph per batch shape (see the module docstring)."""
 
     pad_to = PAD_TO
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, cuda=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Batch]] = {}
+        self.cuda = cuda or CudaGraphs(self.device)
+        self.graphs: dict[tuple, tuple[object, Batch]] = {}   # shape -> (graph, its inputs)
         self.seen: Counter = Counter()
-        self.pool = torch.cuda.graph_pool_handle()
-        self.side = torch.cuda.Stream(self.device)
         self.failure: str | None = None
         self.replays = 0
 
@@ -116,11 +144,8 @@ class GraphedStep(EagerStep):
             entry = self._capture(key, batch)
         if entry is None:
             self.seen[key] += 1
-            main = torch.cuda.current_stream(self.device)
-            self.side.wait_stream(main)
-            with torch.cuda.stream(self.side):
+            with self.cuda.side_stream():
                 super().__call__(batch)
-            main.wait_stream(self.side)
             return
         graph, static = entry
         static.copy_(batch)
@@ -128,17 +153,17 @@ class GraphedStep(EagerStep):
         self.replays += 1
 
     def _capture(self, key: tuple, batch: Batch):
+        """A graph of the step on this shape, or None (and eager steps from now on) if the
+        capture fails. The caller replays it for ``batch``: capturing runs nothing."""
         static = batch.to(self.device)        # the graph's input tensors, outside its pool
-        graph = torch.cuda.CUDAGraph()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)   # the captured backward writes them afresh
         try:
-            with torch.cuda.graph(graph, pool=self.pool):
-                self.compute(static, cache=False)
+            graph = self.cuda.capture(lambda: self.compute(static, cache=False))
         except Exception as err:  # noqa: BLE001 - reported; the eager step then runs
             self.failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0]}"
             warnings.warn(f"CUDA graph capture failed ({self.failure}); training goes on "
-                          "without CUDA graphs (eager steps)", RuntimeWarning, stacklevel=2)
-            torch.cuda.synchronize(self.device)
+                          "without CUDA graphs (eager steps)", RuntimeWarning, stacklevel=3)
+            self.cuda.synchronize()
             return None
         self.graphs[key] = (graph, static)
         return graph, static
