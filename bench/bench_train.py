@@ -7,7 +7,8 @@ timed apart). The first epoch of a training carries one-off costs (allocator, ke
 and is left out when there are more. ``--rounds`` alternates the two models (text-only, full,
 text-only, full, ...) so that load from other processes hits both alike; the table gives the
 minimum and the median epoch time of each, and the ratio of the minima (the least disturbed
-measurement; on a dedicated GPU minimum and median agree).
+measurement; on a dedicated GPU minimum and median agree). On CUDA the steps are CUDA-graph
+replays, as in ``cli.py train`` (``trainer.steps``); ``--no-cuda-graphs`` times eager steps.
 
 Node features come from the cache that ``extract`` / ``build-graphs`` wrote for the dataset
 (``--nodes cached``), or are random arrays of a given shape with random neighbours
