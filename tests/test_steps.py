@@ -76,7 +76,7 @@ def test_learning_rates_held_in_tensors_are_filled_in_place(tiny_encoder, tiny_d
     groups = _param_groups(model, OptimConfig(), lr_device=torch.device("cpu"))
     optimizer = torch.optim.AdamW(groups)
     held = [g["lr"] for g in optimizer.param_groups]
-    set_learning_rates(optimizer, [g["base_lr"] for g in optimizer.param_groups], 0.5)
+    set_learning_rates(optimizer, 0.5)
     for group, tensor in zip(optimizer.param_groups, held):
         assert group["lr"] is tensor and float(tensor) == pytest.approx(0.5 * group["base_lr"])
 

@@ -210,7 +210,8 @@ class Collator:
                  k: int = 5):
         self.encoded, self.pad_id, self.image = encoded, pad_id, image
         self.rows, self.use_inter, self.use_intra, self.k = rows, inter, intra, k
-        self._longest_cache: dict[str, int] = {}
+        self.longest = (max(map(len, encoded.input_ids), default=0),   # padding caps
+                        max(map(len, encoded.first), default=0))
         if image is not None and (rows is None or len(rows) != len(encoded)):
             raise ValueError("Collator needs one image row per example")
         held = min(image.inter.shape[1], image.intra.shape[1]) if image is not None else k
@@ -224,9 +225,8 @@ class Collator:
         enc = self.encoded
         positions = np.asarray(positions, dtype=np.int64)
         seq = _round_up(max(len(enc.input_ids[p]) for p in positions), pad_to[0],
-                        self._longest("input_ids"))
-        words = _round_up(max(len(enc.first[p]) for p in positions), pad_to[1],
-                          self._longest("first"))
+                        self.longest[0])
+        words = _round_up(max(len(enc.first[p]) for p in positions), pad_to[1], self.longest[1])
         size = len(positions)
         ids = np.full((size, seq), self.pad_id, dtype=np.int64)
         attention = np.zeros((size, seq), dtype=np.int64)
@@ -244,11 +244,6 @@ class Collator:
         if self.image is not None:
             self._add_image(batch, self.rows[positions])
         return batch
-
-    def _longest(self, name: str) -> int:
-        if name not in self._longest_cache:
-            self._longest_cache[name] = max(len(x) for x in getattr(self.encoded, name))
-        return self._longest_cache[name]
 
     def _add_image(self, batch: Batch, rows: np.ndarray) -> None:
         image, k, size = self.image, self.k, len(rows)

@@ -150,9 +150,8 @@ def train(model, train_split: Split, valid_split: Split, optim: OptimConfig, dev
                                   fused=pin, capturable=graphs)
     step = make_step(model, optimizer, optim.clip, device, precision, table, graphs)
     loader = train_loader(train_split, optim.batch_size, generator, pin, step.pad_to)
-    bases = [g["base_lr"] for g in optimizer.param_groups]
     factor, done = _schedule(optim.epochs * len(loader), optim.warmup), 0
-    set_learning_rates(optimizer, bases, factor(done))
+    set_learning_rates(optimizer, factor(done))
     outcome = Outcome(best_epoch=0, best_state={})
     best_f1, stale = -1.0, 0
     for epoch in range(1, optim.epochs + 1):
@@ -163,7 +162,7 @@ def train(model, train_split: Split, valid_split: Split, optim: OptimConfig, dev
             for batch in loader:
                 step(batch)
                 done += 1
-                set_learning_rates(optimizer, bases, factor(done))
+                set_learning_rates(optimizer, factor(done))
                 bar.update(1)
         train_loss = step.take_loss() / len(loader)  # the one host sync of the epoch
         seconds = time.perf_counter() - start

@@ -239,8 +239,6 @@ def train_run(config: TrainConfig, inputs: TrainInputs, progress=no_progress,
 
     outcome = train(model, splits["train"], splits["valid"], config.optim, device, generator, table,
                     config.precision, inputs.dataset.type_names, progress, on_epoch)
-    if outcome.steps.get("capture_failure"):
-        log(f"CUDA graphs were off for this run: {outcome.steps['capture_failure']}")
     model.load_state_dict(outcome.best_state)
     scores = {}
     for name in ("valid", "test"):

@@ -48,14 +48,14 @@ def uses_graphs(device: torch.device, enabled: bool) -> bool:
     return enabled and device.type == "cuda"
 
 
-def set_learning_rates(optimizer: torch.optim.Optimizer, bases: list[float], factor: float):
-    """Each group's rate = its base rate x ``factor``; a rate held in a tensor is filled in place
+def set_learning_rates(optimizer: torch.optim.Optimizer, factor: float):
+    """Each group's rate = its ``base_lr`` x ``factor``; a rate held in a tensor is filled in place
     (a captured optimiser step reads it from there)."""
-    for group, base in zip(optimizer.param_groups, bases):
+    for group in optimizer.param_groups:
         if torch.is_tensor(group["lr"]):
-            group["lr"].fill_(base * factor)
+            group["lr"].fill_(group["base_lr"] * factor)
         else:
-            group["lr"] = base * factor
+            group["lr"] = group["base_lr"] * factor
 
 
 class EagerStep:
@@ -177,5 +177,6 @@ class GraphedStep(EagerStep):
 
 def make_step(model, optimizer, clip: float, device: torch.device, precision: str,
               table: torch.Tensor | None, graphs: bool) -> EagerStep:
-    kind = GraphedStep if uses_graphs(device, graphs) else EagerStep
+    """``graphs``: as ``uses_graphs`` decided (the optimiser must have been made to match)."""
+    kind = GraphedStep if graphs else EagerStep
     return kind(model, optimizer, clip, device, precision, table)
