@@ -61,6 +61,31 @@ def tiny_image_inputs(dataset, dim: int = 6, regions: int | None = None, k: int 
                        view="image_global" if regions is None else "region_grid")
 
 
+def tiny_tagger(encoder, dataset, image, **flags):
+    """A tiny tagger (k=3, graph_dim=8, 2 heads; ``flags`` override), seeded, with the collator of
+    the dataset's train split and the node table: ``(model, collator, table, config)``."""
+    import torch
+
+    from pipeline.encoders import load_text_backbone
+    from pipeline.labels import label_list
+    from trainer.batches import Collator, encode
+    from trainer.config import ModelConfig
+    from trainer.model import Tagger
+
+    torch.manual_seed(0)
+    labels = label_list()
+    config = ModelConfig(encoder=encoder, **{"k": 3, "graph_dim": 8, "heads": 2, **flags})
+    tokenizer, backbone, _ = load_text_backbone(encoder)
+    tweets = dataset.tweets("train")
+    encoded = encode(tweets, tokenizer, {t: i for i, t in enumerate(labels)}, config.max_subwords)
+    rows = np.array([image.row_of[t.item_id] for t in tweets])
+    collator = Collator(encoded, tokenizer.pad_token_id, image if config.uses_image else None, rows,
+                        config.inter, config.intra, config.k)
+    model = Tagger(config, backbone, labels, image.node_shape if config.uses_image else None)
+    table = torch.from_numpy(image.table) if config.uses_image else None
+    return model, collator, table, config
+
+
 @pytest.fixture
 def tiny_dataset():
     from pipeline.data import load_dataset

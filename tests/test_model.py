@@ -5,17 +5,15 @@ from __future__ import annotations
 import itertools
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
 from pipeline.encoders import load_text_backbone
 from pipeline.labels import entities, label_list
-from tagger_fixtures import tiny_dataset, tiny_encoder, tiny_image_inputs  # noqa: F401 (fixtures)
-from trainer.batches import SHAPE_FEATURES, Collator, encode, word_shape
-from trainer.config import ModelConfig
+from tagger_fixtures import (tiny_dataset, tiny_encoder, tiny_image_inputs,  # noqa: F401
+                             tiny_tagger)
+from trainer.batches import SHAPE_FEATURES, encode, word_shape
 from trainer.crf import allowed_transitions, log_likelihood, viterbi
-from trainer.model import Tagger
 
 LABELS = label_list()
 LABEL2ID = {t: i for i, t in enumerate(LABELS)}
@@ -25,17 +23,8 @@ ABLATIONS = {"full": {}, "no-inter": {"inter": False}, "no-intra": {"intra": Fal
 
 
 def build(encoder, dataset, image, **flags):
-    torch.manual_seed(0)
-    config = ModelConfig(encoder=encoder, k=3, graph_dim=8, heads=2, **flags)
-    tokenizer, backbone, _ = load_text_backbone(encoder)
-    tweets = dataset.tweets("train")
-    encoded = encode(tweets, tokenizer, LABEL2ID, config.max_subwords)
-    rows = np.array([image.row_of[t.item_id] for t in tweets])
-    collator = Collator(encoded, tokenizer.pad_token_id, image if config.uses_image else None, rows,
-                        config.inter, config.intra, config.k)
-    model = Tagger(config, backbone, LABELS, image.node_shape if config.uses_image else None)
-    table = torch.from_numpy(image.table) if config.uses_image else None
-    return model, collator(list(range(len(tweets)))).to("cpu", table), config
+    model, collator, table, config = tiny_tagger(encoder, dataset, image, **flags)
+    return model, collator(list(range(len(collator.encoded)))).to("cpu", table), config
 
 
 def test_word_shapes():

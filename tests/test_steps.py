@@ -13,13 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.encoders import load_text_backbone
 from pipeline.labels import label_list
-from tagger_fixtures import tiny_dataset, tiny_encoder, tiny_image_inputs  # noqa: F401 (fixtures)
-from trainer.batches import Collator, encode
-from trainer.config import ModelConfig, OptimConfig
+from tagger_fixtures import (tiny_dataset, tiny_encoder, tiny_image_inputs,  # noqa: F401
+                             tiny_tagger)
+from trainer.config import OptimConfig
 from trainer.loop import _param_groups
-from trainer.model import Tagger
 from trainer.steps import WARMUP, EagerStep, GraphedStep, set_learning_rates
 
 LABELS = label_list()
@@ -28,17 +26,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 def tiny_setup(encoder, dataset, **flags):
     """A tiny full model (no dropout), its collator over the train split and the node table."""
-    torch.manual_seed(0)
-    image = tiny_image_inputs(dataset, k=3)
-    config = ModelConfig(encoder=encoder, k=3, graph_dim=8, heads=2, dropout=0.0, **flags)
-    tokenizer, backbone, _ = load_text_backbone(encoder)
-    tweets = dataset.tweets("train")
-    encoded = encode(tweets, tokenizer, {t: i for i, t in enumerate(LABELS)}, config.max_subwords)
-    rows = np.array([image.row_of[t.item_id] for t in tweets])
-    collator = Collator(encoded, tokenizer.pad_token_id, image if config.uses_image else None,
-                        rows, config.inter, config.intra, config.k)
-    model = Tagger(config, backbone, LABELS, image.node_shape if config.uses_image else None)
-    table = torch.from_numpy(image.table) if config.uses_image else None
+    model, collator, table, _ = tiny_tagger(encoder, dataset, tiny_image_inputs(dataset, k=3),
+                                            dropout=0.0, **flags)
     return model.eval(), collator, table   # eval: no dropout anywhere (the encoder's too)
 
 
