@@ -46,7 +46,8 @@ bench() {
 # Issue 5, CUDA-graph steps: their GPU tests, then one full TW17 training of each model (wall
 # time), then the per-epoch ratio full / text-only with graphs and without (needs features).
 steps() {
-    python3 -m pytest -q -rs tests/test_steps.py 2>&1 | tee "$out/steps-tests.log" || true   # reported; the timings still run
+    # a failing test is reported in its log; the timings still run
+    python3 -m pytest -q -rs tests/test_steps.py 2>&1 | tee "$out/steps-tests.log" || true
     for variant in "" --text-only; do
         local name=run-twitter2017${variant:--full} start=$SECONDS
         python3 cli.py train --data-dir "$data/twitter2017" --encoder /tmp/minilm-l6-fp16 \
