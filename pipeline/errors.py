@@ -1,22 +1,58 @@
-"""Typed errors of the library. The CLI turns each into a one-line message (exit 1).
+"""Typed errors of the library. Each carries what failed as fields; the CLI words the fix.
 
-Every message says what is wrong and how to fix it; where a file is involved it starts with
-``path:line:`` so editors and terminals can jump to it.
+A library message says what is wrong in the library's own terms: it never names a command-line
+flag or a CLI command. What would fix it travels as fields the CLI turns into its own words:
+
+- ``path`` / ``line``: the file (and 1-based line) at fault; ``str(err)`` starts with
+  ``path:line:`` so editors and terminals can jump to it;
+- ``stage``: the stage that raised it (``extract``, ``build-graphs``, ``train``, ``evaluate``,
+  ``predict``, ``stats``);
+- ``value``: the offending value (a tag, an id, a name), when there is one;
+- ``rerun``: the stage whose output is missing or stale and must be (re)made, e.g. ``extract``;
+- ``setting``: the config field (a dataclass field name such as ``overwrite``, ``image_dir``,
+  ``pool``) whose value would fix it; the CLI maps it to its option;
+- ``hint``: a fix in plain words that needs no flag ("re-encode the file as UTF-8").
+
+``str(err)`` is a complete, flag-free sentence for Python users; ``cli.describe_error`` words the
+same error for the command line.
 """
 from __future__ import annotations
 
 
 class MnerError(Exception):
-    """Base class: an expected failure with a message meant for the user."""
+    """Base class: an expected failure, with a message meant for the user."""
+
+    def __init__(self, problem: str, *, path=None, line: int | None = None,
+                 stage: str | None = None, value=None, rerun: str | None = None,
+                 setting: str | None = None, hint: str | None = None):
+        self.problem, self.path, self.line = problem, None if path is None else str(path), line
+        self.stage, self.value, self.rerun = stage, value, rerun
+        self.setting, self.hint = setting, hint
+        super().__init__(self.message())
+
+    @property
+    def where(self) -> str:
+        """``path:line``, ``path`` or "" (what the message starts with)."""
+        if self.path is None:
+            return ""
+        return f"{self.path}:{self.line}" if self.line else self.path
+
+    def message(self) -> str:
+        """The flag-free sentence: where, what is wrong, and the fix in library terms."""
+        text = f"{self.where}: {self.problem}" if self.where else self.problem
+        fixes = [self.hint] if self.hint else []
+        if self.rerun:
+            fixes.append(f"run the {self.rerun} stage again")
+        if self.setting:
+            fixes.append(f"or set {self.setting}" if self.rerun else f"set {self.setting}")
+        return f"{text}; {' '.join(fixes)}" if fixes else text
 
 
 class DataFormatError(MnerError):
-    """A data file that does not follow its format (UMT CoNLL, R-GCN lists, captions)."""
+    """A data file that does not follow its format (UMT CoNLL, JSON lines, R-GCN lists, captions)."""
 
-    def __init__(self, path, line: int | None, problem: str):
-        self.path, self.line, self.problem = str(path), line, problem
-        where = f"{self.path}:{line}" if line else self.path
-        super().__init__(f"{where}: {problem}")
+    def __init__(self, path, line: int | None, problem: str, **fields):
+        super().__init__(problem, path=path, line=line, **fields)
 
 
 class UnsafeItemId(MnerError):
@@ -31,8 +67,20 @@ class CacheMismatch(MnerError):
     """An artefact exists but was made by another configuration or from other inputs."""
 
 
+class StaleArtifact(CacheMismatch):
+    """An artefact whose recorded input fingerprint no longer matches that input's content.
+
+    ``input`` names the input that changed (``train.txt``, ``captions``, ``images``, ``features:
+    text``, ...); ``rerun`` the stage that remakes the artefact.
+    """
+
+    def __init__(self, problem: str, *, input: str, **fields):
+        self.input = input
+        super().__init__(problem, **fields)
+
+
 class UnknownEncoder(MnerError):
-    """An encoder name that is neither registered nor a local path."""
+    """An encoder name that is neither registered nor a local path nor a known hub form."""
 
 
 class SpaceMismatch(MnerError):
@@ -40,8 +88,12 @@ class SpaceMismatch(MnerError):
 
 
 class InvalidConfig(MnerError):
-    """A configuration value or combination that cannot work (bad config.json, bad flag)."""
+    """A configuration value or combination that cannot work (bad config.json, bad setting)."""
 
 
 class CorruptInput(MnerError):
     """A file is there but its content is not what it should be (checksum, size, format)."""
+
+
+class OutputError(MnerError):
+    """An output path that cannot be written (missing folder, a directory, no permission)."""
