@@ -180,14 +180,17 @@ def test_a_cuda_graph_step_updates_the_model_exactly_as_the_eager_step(tiny_enco
 
 @cuda
 def test_training_on_cuda_replays_graphs_and_records_how(tiny_encoder, tiny_dataset):
-    from trainer.loop import Split, train
+    from trainer.config import TrainConfig
+    from trainer.loop import Prepared, Split, train
 
     device = torch.device("cuda")
     model, collator, table = tiny_setup(tiny_encoder, tiny_dataset)
     model, table = model.to(device), table.to(device)
     gold = [list(t.tags) for t in tiny_dataset.tweets("train")]
     split = Split("train", collator.encoded, collator, gold)
-    optim = OptimConfig(epochs=4, batch_size=2, patience=4)
-    outcome = train(model, split, split, optim, device, torch.Generator().manual_seed(0), table)
+    config = TrainConfig(data_dir="tiny", seed=0,
+                         optim=OptimConfig(epochs=4, batch_size=2, patience=4))
+    prep = Prepared(config, device, None, {}, model, {"train": split, "valid": split}, table)
+    outcome = train(prep)
     assert outcome.steps["mode"] == "cuda-graph" and outcome.steps["graph_steps"] > 0
     assert all(np.isfinite(r["train_loss"]) for r in outcome.history)

@@ -23,11 +23,11 @@ def test_config_round_trips_and_refuses_bad_values(tmp_path):
     assert config.model.variant() == "no-inter"
     text_only = ModelConfig(text_only=True)
     assert text_only.inter is False and text_only.variant() == "text-only"
-    assert config.with_overrides(no_gate=True, epochs=4, pool="train") == TrainConfig(
+    assert config.with_overrides(gate=False, epochs=4, pool="train") == TrainConfig(
         data_dir="d", pool="train", model=ModelConfig(inter=False, k=3, gate=False),
         optim=OptimConfig(epochs=4))
     assert config.optim.cuda_graphs and not config.with_overrides(
-        no_cuda_graphs=True).optim.cuda_graphs
+        cuda_graphs=False).optim.cuda_graphs
     path.write_text(json.dumps({"data_dir": "d", "model": {"layers": 2}}))
     with pytest.raises(Exception) as err:
         TrainConfig.from_json(path)
@@ -106,7 +106,7 @@ def test_text_only_seeds_need_no_features_and_report_mean_std(tiny_dir, tmp_path
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert [r.split("-", 2)[2] for r in runs] == ["tiny-text-only-s1", "tiny-text-only-s2"]
     lines = result.output.splitlines()
-    assert any(line.startswith("test F1 conlleval: ") and "± " in line and "over 2 seed(s)" in line
+    assert any(line.startswith("test F1 conlleval: ") and "± " in line and "over 2 seeds" in line
                for line in lines)
     assert any(line.startswith("test F1 strict: ") for line in lines)
 

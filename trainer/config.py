@@ -182,29 +182,24 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict, where: str = "config") -> "TrainConfig":
         data = dict(data)
-        nested = {"model": ModelConfig, "optim": OptimConfig}
-        for key, kind in nested.items():
+        for key, kind in NESTED.items():
             if key in data:
                 data[key] = _build(kind, data[key], f"{where}: {key}")
         return _build(cls, data, where)
 
-    def with_overrides(self, **flat) -> "TrainConfig":
-        """A copy with flat option names applied: ``k``, ``epochs``, ``encoder``, ``no_inter``...
-        (``OVERRIDES`` maps each to its field; ``no_*`` flags switch the field off)."""
-        groups: dict[str, dict] = {"": {}, "model": {}, "optim": {}}
-        for name, value in flat.items():
-            if name not in OVERRIDES:
-                raise InvalidConfig(f"unknown option {name!r}; valid: "
-                                    f"{', '.join(sorted(OVERRIDES))}")
-            group, target = OVERRIDES[name]
-            if name.startswith("no_"):
-                if not value:
-                    continue
-                value = False
-            groups[group][target] = value
+    def with_overrides(self, **values) -> "TrainConfig":
+        """A copy with fields set by their names, whichever dataclass holds them: ``k``,
+        ``epochs``, ``inter``, ``pool``... (``field_groups`` says where each name lives)."""
+        groups = field_groups()
+        nested: dict[str, dict] = {"": {}, "model": {}, "optim": {}}
+        for name, value in values.items():
+            if name not in groups:
+                raise InvalidConfig(f"unknown setting {name!r}", value=name,
+                                    hint=f"valid settings: {', '.join(sorted(groups))}")
+            nested[groups[name]][name] = value
         return dataclasses.replace(
-            self, **groups[""], model=dataclasses.replace(self.model, **groups["model"]),
-            optim=dataclasses.replace(self.optim, **groups["optim"]))
+            self, **nested[""], model=dataclasses.replace(self.model, **nested["model"]),
+            optim=dataclasses.replace(self.optim, **nested["optim"]))
 
     @classmethod
     def from_json(cls, path) -> "TrainConfig":
@@ -217,21 +212,16 @@ class TrainConfig:
         return cls.from_dict(data, str(path))
 
 
-OVERRIDES = {  # flat option name -> (group, field); "" is TrainConfig itself
-    **{name: ("", name) for name in ("data_dir", "artifacts", "seed", "device", "precision",
-                                     "deterministic", "graph_source", "pool", "features",
-                                     "inter_graph", "intra_graph", "context_graph",
-                                     "slug")},
-    **{name: ("model", name) for name in ("encoder", "text_only", "k", "node_view", "region_pool",
-                                          "graph_dim", "gcn_layers", "heads", "dropout",
-                                          "max_subwords", "context", "context_k",
-                                          "context_subwords")},
-    "no_inter": ("model", "inter"), "no_intra": ("model", "intra"), "no_gate": ("model", "gate"),
-    "no_shape": ("model", "shape"), "no_checkpoint": ("", "checkpoint"),
-    "no_cuda_graphs": ("optim", "cuda_graphs"),
-    **{name: ("optim", name) for name in ("epochs", "batch_size", "lr_encoder", "lr_head",
-                                          "weight_decay", "warmup", "clip", "patience")},
-}
+def field_groups() -> dict[str, str]:
+    """Each setting's name -> the part of ``TrainConfig`` that holds it: ``""`` (the run itself),
+    ``"model"`` or ``"optim"``. Read from the dataclasses; no name is in two of them."""
+    groups = {f.name: "" for f in dataclasses.fields(TrainConfig) if f.name not in NESTED}
+    for part, kind in NESTED.items():
+        groups.update({f.name: part for f in dataclasses.fields(kind)})
+    return groups
+
+
+NESTED = {"model": ModelConfig, "optim": OptimConfig}
 
 
 def _build(kind, data, where: str):
