@@ -29,7 +29,8 @@ def data_dir_option(f):
 
 def image_dir_option(f):
     return click.option("--image-dir", type=click.Path(path_type=Path), default=None,
-                        help="Folder of <IMGID>.jpg images [default: <data-dir>/images if present].")(f)
+                        help="Folder of <IMGID>.jpg images "
+                             "[default: <data-dir>/images if present].")(f)
 
 
 def captions_option(f):

@@ -208,8 +208,9 @@ class Batch:
 
     Image side (None for a text-only model), laid out by ``NodeLayout`` so that a step needs few
     device kernels: ``nodes`` (B, slots) rows of the node table (missing ones point at row 0 and
-    are masked); ``node_mask`` (B, mask_slots) what the tokens may attend to. ``adjacency`` (B, G, G): the normalised star graphs of InterRG
-    then IntraRG, block-diagonal (``gcn.star_adjacency``), G = (1 + K) per relation in use.
+    are masked); ``node_mask`` (B, mask_slots) what the tokens may attend to. ``adjacency``
+    (B, G, G): the normalised star graphs of InterRG then IntraRG, block-diagonal
+    (``gcn.star_adjacency``), G = (1 + K) per relation in use.
     ``text_weight`` (B, 1, W): 1 / words on each word (InterRG's text node is the mean).
     After ``to``: ``nodes_x`` (B, slots, ...) the gathered node features.
     """

@@ -19,9 +19,11 @@ POOLS = ("all", "train")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-def _check(condition: bool, message: str) -> None:
+def _check(condition: bool, message: str, setting: str | None = None) -> None:
+    """Refuse a value: ``setting`` names the field whose value is at fault (the CLI words how to
+    change it)."""
     if not condition:
-        raise InvalidConfig(message)
+        raise InvalidConfig(message, setting=setting)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class ModelConfig:
             for name in ("inter", "intra", "gate"):
                 object.__setattr__(self, name, False)
         _check(bool(self.encoder), "model.encoder must name an encoder, e.g. minilm-l6")
-        _check(1 <= self.k <= 100, f"model.k must be in 1..100, got {self.k}")
+        _check(1 <= self.k <= 100, f"model.k must be in 1..100, got {self.k}", "k")
         _check(self.node_view in NODE_VIEWS,
                f"model.node_view must be one of {', '.join(NODE_VIEWS)}, got {self.node_view!r}")
         _check(self.region_pool in REGION_POOLS, "model.region_pool must be one of "
@@ -71,13 +73,15 @@ class ModelConfig:
         _check(1 <= self.gcn_layers <= 8,
                f"model.gcn_layers must be in 1..8, got {self.gcn_layers}")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
-        _check(self.max_subwords >= 8, f"model.max_subwords must be >= 8, got {self.max_subwords}")
+        _check(self.max_subwords >= 8, f"model.max_subwords must be >= 8, got {self.max_subwords}",
+               "max_subwords")
         _check(self.context in CONTEXTS, f"model.context must be one of {', '.join(CONTEXTS)}, "
                f"got {self.context!r}")
         _check(1 <= self.context_k <= 100, f"model.context_k must be in 1..100, got "
-               f"{self.context_k}")
+               f"{self.context_k}", "context_k")
         _check(self.context_subwords >= 8,
-               f"model.context_subwords must be >= 8, got {self.context_subwords}")
+               f"model.context_subwords must be >= 8, got {self.context_subwords}",
+               "context_subwords")
 
     @property
     def uses_image(self) -> bool:
@@ -115,14 +119,15 @@ class OptimConfig:
     cuda_graphs: bool = True          # on CUDA, replay each step as a CUDA graph (trainer.steps)
 
     def __post_init__(self):
-        _check(self.epochs >= 1, f"optim.epochs must be >= 1, got {self.epochs}")
+        _check(self.epochs >= 1, f"optim.epochs must be >= 1, got {self.epochs}", "epochs")
         _check(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1")
         _check(self.lr_encoder >= 0 and self.lr_head > 0,
                "optim.lr_encoder must be >= 0 (0 freezes the encoder) and optim.lr_head > 0")
         _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
         _check(0.0 <= self.warmup < 1.0, f"optim.warmup must be in [0, 1), got {self.warmup}")
         _check(self.clip > 0, f"optim.clip must be > 0, got {self.clip}")
-        _check(self.patience >= 1, f"optim.patience must be >= 1, got {self.patience}")
+        _check(self.patience >= 1, f"optim.patience must be >= 1, got {self.patience}",
+               "patience")
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,7 @@ class TrainConfig:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(self.slug is None or (
             self.slug and all(c.isalnum() or c in "-_." for c in self.slug)),
-            f"slug {self.slug!r} may hold only letters, digits, '-', '_' and '.'")
+            f"slug {self.slug!r} may hold only letters, digits, '-', '_' and '.'", "slug")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

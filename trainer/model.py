@@ -56,10 +56,10 @@ class RelationGraphs(nn.Module):
 
     ``images`` (B, M, D): the image nodes of the graphs in ``NodeLayout.graph_images`` order
     (InterRG's K neighbours, then IntraRG's own image and K neighbours); ``center`` (B, 1, C):
-    InterRG's text centre, which lives in another space and has its own projection; ``adjacency`` (B, G, G) block-diagonal
-    (``Batch.adjacency``) -> node states (B, G, dim), G = (1 + K) per relation. Each relation has
-    its own weights; one matmul serves both (``gcn.RelationLinear``). ReLU after each layer,
-    dropout between layers.
+    InterRG's text centre, which lives in another space and has its own projection;
+    ``adjacency`` (B, G, G) block-diagonal (``Batch.adjacency``) -> node states (B, G, dim),
+    G = (1 + K) per relation. Each relation has its own weights; one matmul serves both
+    (``gcn.RelationLinear``). ReLU after each layer, dropout between layers.
     """
 
     def __init__(self, inter: bool, intra: bool, k: int, center_dim: int, node_dim: int,
