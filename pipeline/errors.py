@@ -43,12 +43,16 @@ class MnerError(Exception):
     def message(self) -> str:
         """The flag-free sentence: where, what is wrong, and the fix in library terms."""
         text = f"{self.where}: {self.problem}" if self.where else self.problem
-        fixes = [self.hint] if self.hint else []
+        fixes = []
+        if self.hint:   # the setting that carries out the hint, in brackets
+            alone = self.setting and not self.rerun
+            fixes.append(f"{self.hint} ({self.setting})" if alone else self.hint)
         if self.rerun:
-            fixes.append(f"run the {self.rerun} stage again")
-        if self.setting:
-            fixes.append(f"or set {self.setting}" if self.rerun else f"set {self.setting}")
-        return f"{text}; {' '.join(fixes)}" if fixes else text
+            fixes.append(f"run the {self.rerun} stage again"
+                         + (f" or set {self.setting}" if self.setting else ""))
+        elif self.setting and not self.hint:
+            fixes.append(f"set {self.setting}")
+        return "; ".join([text, *fixes])
 
 
 class DataFormatError(MnerError):

@@ -56,6 +56,16 @@ def test_fields_become_this_clis_words():
         "stale; the features changed; re-run `python cli.py build-graphs ...`")
 
 
+def test_the_library_sentence_names_no_option():
+    assert str(CacheMismatch("stale", path="f.h5", rerun="extract", setting="overwrite")) == (
+        "f.h5: stale; run the extract stage again or set overwrite")
+    assert str(InvalidConfig("too long", setting="context_subwords", hint="lower it")) == (
+        "too long; lower it (context_subwords)")
+    assert str(InvalidConfig("k too big", setting="k")) == "k too big; set k"
+    assert str(MissingInput("gone", hint="restore it", rerun="train")) == (
+        "gone; restore it; run the train stage again")
+
+
 def test_evaluate_is_never_told_of_an_option_it_does_not_have():
     err = MissingInput("data moved", setting="data_dir")
     assert "--data-dir" not in cli.describe_error(err, EVALUATE)

@@ -9,6 +9,7 @@ import shutil
 import h5py
 import pytest
 
+import cli
 from tagger_fixtures import (invoke, tiny_encoder, tiny_pipeline, tiny_run,  # noqa: F401
                              train_args)
 from trainer.config import ModelConfig, OptimConfig, TrainConfig
@@ -242,8 +243,10 @@ def test_a_run_folder_is_never_reused(tmp_path, monkeypatch):
     assert tmp.is_dir() and final.name == "20240501-120000-tiny-full-s1"
     with pytest.raises(CacheMismatch) as err:
         run.new_run_dir(tmp_path, "tiny-full-s1")
-    assert str(err.value) == (f"run folder {final} already exists; runs are never overwritten: "
-                              "wait a second or pass another --slug")
+    assert str(err.value) == (f"{final}: run folder already exists and runs are never "
+                              "overwritten; wait a second or choose another slug (slug)")
+    assert cli.describe_error(err.value, cli.main.commands["train"]).endswith(
+        "; wait a second or choose another slug (--slug)")
 
 
 def test_authors_neighbours_outside_the_dataset_are_masked_not_refused(tiny_pipeline, tiny_encoder,
@@ -295,6 +298,6 @@ def test_a_run_without_checkpoint_keeps_its_record_and_says_why_it_cannot_predic
     assert json.loads((run / "config.json").read_text())["checkpoint"] is False
     result = invoke("evaluate", "--run", run)
     assert result.exit_code == 1
-    assert result.output == (f"Error: {run}: trained with --no-checkpoint, so it holds scores "
-                             "and predictions but no weights; train again without "
-                             "--no-checkpoint\n")
+    assert result.output == (f"Error: {run}: this run was trained without saving its weights: "
+                             "it holds scores and predictions but no model; re-run "
+                             "`python cli.py train ...`\n")
