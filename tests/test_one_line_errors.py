@@ -85,3 +85,17 @@ def test_predict_writes_its_output_file(run_copy, tmp_path):
                     "cpu", "-o", tmp_path / "p.conll")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "p.conll").read_text().count("\t") == 3
+
+
+@pytest.mark.parametrize("kind", ["folder", "binary", "bad json"])
+def test_a_config_file_that_cannot_be_read_is_one_line(tiny_dir, tmp_path, kind):
+    config = tmp_path / "config.json"
+    if kind == "folder":
+        config.mkdir()
+    else:
+        config.write_bytes(b"\xff\xfe\x00" if kind == "binary" else b'{"data_dir": "d",\n  x}')
+    expected = {"folder": "cannot read the config file (Is a directory)",
+                "binary": "cannot read the config file (UnicodeDecodeError)",
+                "bad json": f"{config}:2: not valid JSON"}[kind]
+    one_line_error(invoke("train", "--data-dir", tiny_dir, "--artifacts", tmp_path / "a",
+                          "--config", config), expected)

@@ -209,11 +209,15 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path) -> "TrainConfig":
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise InvalidConfig(f"{path}: config file not found") from None
+            raise InvalidConfig("config file not found", path=path) from None
+        except (OSError, UnicodeDecodeError) as err:   # a folder, no permission, not text
+            why = getattr(err, "strerror", None) or type(err).__name__
+            raise InvalidConfig(f"cannot read the config file ({why})", path=path) from None
         except json.JSONDecodeError as err:
-            raise InvalidConfig(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+            raise InvalidConfig(f"not valid JSON ({err.msg})", path=path,
+                                line=err.lineno) from None
         return cls.from_dict(data, str(path))
 
 
