@@ -1,7 +1,9 @@
 """Command line of the MNER toolkit: ``python cli.py --help``.
 
 Thin by design: each command builds a config, calls one library function, shows progress and turns
-the library's typed errors into one-line messages (``--debug`` shows the traceback instead).
+the library's typed errors into one-line messages (``--debug`` shows the traceback instead). What
+the commands share (options, progress bars, the wording of errors, the option <-> config mapping)
+is in ``cli_common.py``. An output that cannot be written is refused before any work.
 """
 from __future__ import annotations
 

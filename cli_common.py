@@ -112,7 +112,8 @@ def describe_error(err: MnerError, command: click.Command | None = None,
     fields for ``command`` (the running one by default): ``hint`` as is (with the option that
     sets ``setting`` in brackets), ``rerun`` as "re-run `python cli.py <stage> ...`", ``setting``
     as "set --option" / "pass --flag" (or "set <field>" when no option sets it). An error with
-    no fix fields reads as ``str(err)``."""
+    no fix fields reads as ``str(err)``. Options are looked up on the running command only (an
+    option of another command is never suggested), then on the ``rerun`` command."""
     ctx = click.get_current_context(silent=True)
     group = group or (ctx.find_root().command if ctx is not None else None)
     if command is None:
@@ -122,7 +123,7 @@ def describe_error(err: MnerError, command: click.Command | None = None,
     fixes = _fixes(err, command, group)
     if len(fixes) > 1 and fixes[-1].startswith(("set ", "pass ")) and err.rerun:
         fixes[-2:] = [" or ".join(fixes[-2:])]
-    return "; ".join([text, *fixes])
+    return "; ".join([text, *fixes]).replace("\n", " ")     # one line, whatever the library said
 
 
 def friendly_errors(f):
