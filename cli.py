@@ -1,89 +1,27 @@
 """Command line of the MNER toolkit: ``python cli.py --help``.
 
 Thin by design: each command builds a config, calls one library function, shows progress and turns
-the library's typed errors into one-line messages (``--debug`` shows the traceback instead).
+the library's typed errors into one-line messages (``--debug`` shows the traceback instead). What
+the commands share (options, progress bars, the wording of errors, the option <-> config mapping)
+is in ``cli_common.py``. An output that cannot be written is refused before any work.
 """
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 import click
 
-from pipeline.errors import MnerError
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def data_dir_option(f):
-    return click.option("--data-dir", type=click.Path(path_type=Path), default=Path("data"),
-                        show_default=True,
-                        help="Folder with train.txt, valid.txt and test.txt (UMT format).")(f)
-
-
-def image_dir_option(f):
-    return click.option("--image-dir", type=click.Path(path_type=Path), default=None,
-                        help="Folder of <IMGID>.jpg images [default: <data-dir>/images if present].")(f)
-
-
-def captions_option(f):
-    return click.option("--captions", type=click.Path(path_type=Path), default=None,
-                        help="Captions file '<id>.jpg :<caption>' "
-                             "[default: the one file in <data-dir>/image_captions/].")(f)
-
-
-def artifacts_option(f):
-    return click.option("--artifacts", type=click.Path(path_type=Path), default=Path("artifacts"),
-                        show_default=True, help="Output root for features, graphs and runs.")(f)
-
-
-def device_option(f):
-    return click.option("--device", default="auto", show_default=True,
-                        help="cpu, cuda, cuda:N, or auto (cuda when available).")(f)
-
-
-def quiet_option(f):
-    return click.option("--quiet", is_flag=True, help="No progress bars.")(f)
-
-
-def progress_factory(quiet: bool):
-    """tqdm bars on stderr, or silent ones under --quiet."""
-    from pipeline.progress import no_progress
-    if quiet:
-        return no_progress
-    from tqdm import tqdm
-    return functools.partial(tqdm, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
-
-
-def default_text_encoder(device: str) -> tuple[str, str]:
-    """mpnet-base when a GPU will be used and MPNet is installed, else minilm-l6; and the line that
-    says so (callers print it once their config is valid)."""
-    import torch
-
-    from pipeline.packaged import best_available_text_encoder
-
-    gpu = device != "cpu" and torch.cuda.is_available()
-    name = best_available_text_encoder(gpu)
-    return name, (f"text encoder: {name} (default {'with' if gpu else 'without'} a GPU; "
-                  "--encoder / --text-encoder chooses another)")
-
-
-def friendly_errors(f):
-    """Turn the library's ``MnerError`` into a one-line ``Error: ...`` (exit 1) unless --debug."""
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        try:
-            return f(*args, **kwargs)
-        except MnerError as err:
-            if click.get_current_context().find_root().params.get("debug"):
-                raise
-            raise click.ClickException(str(err)) from None
-    return wrapper
-
+import cli_common
+from cli_common import (CONTEXT, artifacts_option, captions_option, config_values,
+                        data_dir_option, default_text_encoder, device_option, friendly_errors,
+                        image_dir_option, progress_factory, quiet_option)
+from pipeline import __version__
+from pipeline.errors import MnerError, writable_file, writable_folder
 
 @click.group(context_settings=CONTEXT)
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(__version__, "--version", "-V", prog_name="mner (cli.py)")
 def main(debug):
     """Multimodal NER on tweets with images: the R-GCN method (ACM MM 2022), staged.
 
@@ -95,6 +33,12 @@ def main(debug):
       evaluate      re-score a saved run;  predict: tag new tweets
       stats         per-split counts of a dataset
     """
+
+
+def describe_error(err: MnerError, command: click.Command | None = None) -> str:
+    """``err`` in one line worded for this CLI (``cli_common.describe_error``): where, what is
+    wrong, and the fix with this CLI's commands and options."""
+    return cli_common.describe_error(err, command, main)
 
 
 @main.command(context_settings=CONTEXT)
@@ -110,8 +54,10 @@ def stats(data_dir, image_dir, captions, output):
     Example: python cli.py stats --data-dir ../shared/data/twitter2017
     """
     from pipeline.data import default_captions, default_image_dir, load_dataset
-    from pipeline.stats import split_stats, write_table
+    from pipeline.stats import split_stats, table_path, write_table
 
+    if output is not None:
+        table_path(output)                  # refused before the work, not after it
     dataset = load_dataset(data_dir, captions or default_captions(data_dir),
                            image_dir or default_image_dir(data_dir))
     table = split_stats(dataset)
@@ -120,11 +66,6 @@ def stats(data_dir, image_dir, captions, output):
     if output is not None:
         write_table(table, output)
         click.echo(f"wrote {output}")
-
-
-def _not_built(issue: int):
-    raise click.ClickException(f"this stage is not built yet (see issue #{issue}); "
-                               "no output was written")
 
 
 @main.command(context_settings=CONTEXT)
@@ -168,12 +109,18 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
     from pipeline.data import default_captions, default_image_dir
     from pipeline.extract import ExtractConfig, run_extract, summary_lines
 
+    writable_folder(options["artifacts"], setting="artifacts")
+    image_dir = image_dir or default_image_dir(data_dir)
+    if options["image_encoder"] and image_dir is None:
+        raise click.ClickException(f"--image-encoder encodes images, but no image folder was "
+                                   f"given and {Path(data_dir) / 'images'} does not exist; "
+                                   "give --image-dir")
     note = None
     if options["text_encoder"] is None and options["clip"] is None:
-        options["text_encoder"], note = default_text_encoder(options["device"])
+        options["text_encoder"], note = default_text_encoder(options["device"], "--text-encoder")
     config = ExtractConfig(
         data_dir=data_dir, captions=captions or default_captions(data_dir),
-        image_dir=image_dir or default_image_dir(data_dir), drop_urls=not keep_urls,
+        image_dir=image_dir, drop_urls=not keep_urls,
         views=tuple(v.strip() for v in views.split(",") if v.strip()) if views else (),
         **{k: v for k, v in options.items() if v is not None})
     if note:
@@ -233,6 +180,9 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn,
     from pipeline.diagnostics import plot_k_occurrence, report
     from pipeline.graphs import DEFAULT_RELATIONS, GraphConfig, build_graphs as build, read_graph
 
+    writable_folder(artifacts, setting="artifacts")
+    if plot is not None:
+        writable_file(plot, setting="plot")
     dataset = load_dataset(data_dir)
     config = GraphConfig(k=k, pool=pool, hubness=hubness, ties=ties,
                          approx=None if approx == "none" else approx,
@@ -327,7 +277,8 @@ def train(config_file, seeds, quiet, **options):
     note = None
     if "encoder" not in given and not config_file:
         given["encoder"], note = default_text_encoder(options["device"])
-    config = base.with_overrides(**given)
+    config = base.with_overrides(**config_values(given))
+    writable_folder(config.artifacts, setting="artifacts")
     if note:
         click.echo(note, err=True)
     try:
@@ -385,13 +336,14 @@ def predict(run, input_file, text, image, caption, captions, image_dir, output, 
 
     Example: python cli.py predict --run artifacts/runs/<id> --text "Obama visits Paris"
     """
-    import contextlib
-
+    from pipeline.artifacts import atomic_path
     from trainer.metrics import format_table
     from trainer.predict import file_examples, predict as tag, text_example, write_predictions
 
     if (input_file is None) == (text is None):
         raise click.UsageError("give exactly one of --input FILE or --text TEXT")
+    if output is not None:
+        writable_file(output, setting="output")     # before the work, not after it
     examples = (file_examples(input_file, captions, image_dir) if input_file
                 else [text_example(text, caption, image)])
     result = tag(run, examples, device)
@@ -399,11 +351,12 @@ def predict(run, input_file, text, image, caption, captions, image_dir, output, 
         click.echo(f"neighbours: {result.neighbours[0]}", err=True)
     if result.scores is not None:
         click.echo(format_table(result.scores, f"{input_file} ({len(examples)} tweets)"), err=True)
-    target = open(output, "w", encoding="utf-8") if output else contextlib.nullcontext(sys.stdout)
-    with target as out:
+    if output is None:
+        write_predictions(result, sys.stdout)
+        return
+    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as out:
         write_predictions(result, out)
-    if output:
-        click.echo(f"wrote {output}")
+    click.echo(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -81,10 +81,7 @@ def time_variant(config: TrainConfig, inputs: TrainInputs, compile_branch: bool 
     prep = prepare(config, inputs)
     if compile_branch and prep.model.image is not None:
         prep.model.image.forward = torch.compile(prep.model.image.forward, dynamic=True)
-    generator = torch.Generator().manual_seed(config.seed)
-    outcome = train(prep.model, prep.splits["train"], prep.splits["valid"], prep.config.optim,
-                    prep.device, generator, prep.table, prep.config.precision,
-                    inputs.dataset.type_names)
+    outcome = train(prep)
     epochs = [r["train_seconds"] for r in outcome.history]
     return {"variant": config.model.variant(), "epochs": epochs[1:] or epochs,
             "step_record": outcome.steps,
@@ -114,9 +111,7 @@ def profile_variant(config: TrainConfig, inputs: TrainInputs, folder: Path) -> N
         warnings.simplefilter("always")
         if cuda:
             torch.cuda.set_sync_debug_mode("warn")
-        train(prep.model, prep.splits["train"], prep.splits["valid"], prep.config.optim,
-              prep.device, torch.Generator().manual_seed(config.seed), prep.table,
-              prep.config.precision, inputs.dataset.type_names)
+        train(prep)
         if cuda:
             torch.cuda.set_sync_debug_mode(0)
     syncs = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught

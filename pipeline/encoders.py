@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import MissingInput, UnknownEncoder
+from .runtime import autocast, resolve_device  # noqa: F401 - decided there, used here and re-exported
 
 REGISTRY: dict[str, "EncoderSpec"] = {}
 
@@ -336,24 +337,6 @@ def weights_id(spec: EncoderSpec) -> str:
 def encoder_fingerprint(spec: EncoderSpec) -> dict:
     """The record an artefact keeps of its encoder: the spec and the weights' identity."""
     return {"spec": spec.as_dict(), "weights_sha256": weights_id(spec)}
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
-    if device != "auto":
-        return device
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def autocast(device: str, precision: str):
-    """bf16 autocast on CUDA when ``precision == "bf16"``; a no-op context otherwise."""
-    import contextlib
-
-    import torch
-    if precision == "bf16" and str(device).startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class SentenceEncoder:

@@ -18,6 +18,9 @@ same error for the command line.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class MnerError(Exception):
     """Base class: an expected failure, with a message meant for the user."""
@@ -40,12 +43,16 @@ class MnerError(Exception):
     def message(self) -> str:
         """The flag-free sentence: where, what is wrong, and the fix in library terms."""
         text = f"{self.where}: {self.problem}" if self.where else self.problem
-        fixes = [self.hint] if self.hint else []
+        fixes = []
+        if self.hint:   # the setting that carries out the hint, in brackets
+            alone = self.setting and not self.rerun
+            fixes.append(f"{self.hint} ({self.setting})" if alone else self.hint)
         if self.rerun:
-            fixes.append(f"run the {self.rerun} stage again")
-        if self.setting:
-            fixes.append(f"or set {self.setting}" if self.rerun else f"set {self.setting}")
-        return f"{text}; {' '.join(fixes)}" if fixes else text
+            fixes.append(f"run the {self.rerun} stage again"
+                         + (f" or set {self.setting}" if self.setting else ""))
+        elif self.setting and not self.hint:
+            fixes.append(f"set {self.setting}")
+        return "; ".join([text, *fixes])
 
 
 class DataFormatError(MnerError):
@@ -97,3 +104,35 @@ class CorruptInput(MnerError):
 
 class OutputError(MnerError):
     """An output path that cannot be written (missing folder, a directory, no permission)."""
+
+
+def writable_file(path, **fields) -> Path:
+    """``path`` as a ``Path`` when a file can be written there (before any work is done), else
+    an ``OutputError``: it is a folder, its folder is missing or is a file, or it is read-only.
+    ``fields`` (``setting``, ``stage``...) travel with the error."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError("is a folder; give a file name", path=path, **fields)
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is a file, not a folder" if parent.exists() else "does not exist"
+        raise OutputError(f"cannot write here: the folder {parent} {what}", path=path, **fields)
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError("cannot write here: permission denied", path=path, **fields)
+    return path
+
+
+def writable_folder(path, **fields) -> Path:
+    """``path`` as a ``Path`` when it is a folder that can be written, or can be created (the
+    nearest existing folder above it is writable); else an ``OutputError``."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == path else f" ({existing} is)"
+        raise OutputError(f"is not a folder: a file is in the way{where}", path=path, **fields)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write here: permission denied on {existing}", path=path,
+                          **fields)
+    return path

@@ -28,10 +28,11 @@ from pathlib import Path
 from . import features as fs
 from .artifacts import environment, fingerprint, ids_fingerprint
 from .data import Dataset, load_dataset
-from .encoders import EncoderSpec, encoder_fingerprint, resolve_device, resolve_encoder
+from .encoders import EncoderSpec, encoder_fingerprint, resolve_encoder
 from .errors import InvalidConfig
 from .objects import COCO_80, LEXICON
 from .progress import no_progress
+from .runtime import resolve_device, resolve_precision
 
 VIEWS = ("text", "image_global", "object_types", "region_grid")
 FORMAT_VERSION = 1
@@ -261,8 +262,7 @@ def run_extract(config: ExtractConfig, progress=no_progress) -> dict:
     start = time.perf_counter()
     dataset = load_dataset(config.data_dir, config.captions, config.image_dir)
     device = resolve_device(config.device)
-    precision = config.precision if config.precision != "auto" else (
-        "bf16" if device.startswith("cuda") else "fp32")
+    precision = resolve_precision(config.precision, device)
     jobs = plan(config, dataset, precision)
     ids = dataset.item_ids()
     todo = [job for job in jobs if not _reuse(job, ids, config.overwrite)]

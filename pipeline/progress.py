@@ -7,7 +7,7 @@ from __future__ import annotations
 
 
 class NullBar:
-    """A bar that shows nothing (``--quiet`` and library use)."""
+    """A bar that shows nothing (quiet runs and library use)."""
 
     def __init__(self, total=None, desc=None, **_ignored):
         self.total, self.desc, self.n = total, desc, 0

@@ -1,9 +1,12 @@
-"""Per-split statistics of a dataset: the table ``cli.py stats`` prints."""
+"""Per-split statistics of a dataset: the table the stats stage prints."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 
 from .data import Dataset
+from .errors import OutputError, writable_file
 from .labels import INTERNAL_TYPES, MODES, count_entities
 
 
@@ -39,16 +42,23 @@ def _coverage(name: str, found, ids) -> dict:
     return {f"{name}_found": hits, f"{name}_missing": len(ids) - hits}
 
 
+TABLE_FORMATS = (".csv", ".json")
+
+
+def table_path(path) -> Path:
+    """``path`` checked as a table to write (a ``.csv`` or ``.json`` file that can be written),
+    so that a caller can refuse it before any work."""
+    path = writable_file(path, setting="output")
+    if path.suffix not in TABLE_FORMATS:
+        raise OutputError("unknown table format", path=path, setting="output",
+                          hint="use a .csv or .json file name")
+    return path
+
+
 def write_table(table: pd.DataFrame, path) -> None:
     """Write the table as CSV or JSON, chosen by the file's extension."""
-    from pathlib import Path
-
-    from .errors import MnerError
-
-    path = Path(path)
+    path = table_path(path)
     if path.suffix == ".csv":
         table.to_csv(path, index_label="split")
-    elif path.suffix == ".json":
-        table.reset_index(names="split").to_json(path, orient="records", indent=2)
     else:
-        raise MnerError(f"{path}: unknown table format; use a .csv or .json file name")
+        table.reset_index(names="split").to_json(path, orient="records", indent=2)

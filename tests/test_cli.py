@@ -114,10 +114,12 @@ def test_the_default_text_encoder_depends_on_the_gpu_and_is_said(monkeypatch):
     assert cli.default_text_encoder("cpu")[0] == "minilm-l6"
     name, note = cli.default_text_encoder("auto")
     assert name == "mpnet-base" and note == (
-        "text encoder: mpnet-base (default with a GPU; --encoder / --text-encoder chooses another)")
+        "text encoder: mpnet-base (default with a GPU; --encoder chooses another)")
+    assert cli.default_text_encoder("auto", "--text-encoder")[1].endswith(
+        "; --text-encoder chooses another)")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert cli.default_text_encoder("cuda")[0] == "minilm-l6"
-    assert asked == [False, True, False]
+    assert asked == [False, True, True, False]
     help_text = " ".join(invoke("train", "-h").output.split())
     assert "[default: mpnet-base on a GPU when its wheels are installed, else minilm-l6]" \
         in help_text

@@ -53,7 +53,8 @@ def test_check_lengths_refuses_inputs_the_encoder_cannot_position():
     with pytest.raises(Exception) as err:
         check_lengths({"train": split}, SimpleNamespace(model_max_length=10**30), backbone)
     assert str(err.value) == ("an input holds 130 subwords but the encoder takes at most 128; "
-                              "lower --context-subwords or model.max_subwords")
+                              "lower the context's subword budget or model.max_subwords "
+                              "(context_subwords)")
     check_lengths({"train": split}, SimpleNamespace(model_max_length=512),
                   SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512)))
 

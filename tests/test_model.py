@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -176,3 +177,59 @@ def test_batched_crf_likelihood_equals_pytorch_crf(length):
     for e, g in zip(expected, got):
         if e is not None:
             torch.testing.assert_close(g, e)
+
+
+@pytest.mark.parametrize("name", ["full", "no-inter", "no-intra", "no-graphs"])
+def test_the_collator_fills_the_slots_of_the_node_layout(name, tiny_encoder, tiny_dataset):
+    from trainer.batches import NodeLayout
+
+    image = tiny_image_inputs(tiny_dataset, k=3)
+    model, collator, _, config = tiny_tagger(tiny_encoder, tiny_dataset, image, **ABLATIONS[name])
+    layout = NodeLayout.of(config)
+    assert model.image.layout == layout == collator.layout
+    positions = list(range(len(collator.encoded)))
+    batch, rows = collator(positions), collator.rows[positions]
+    nodes = batch.nodes.numpy()
+    assert nodes.shape[1] == layout.slots and batch.node_mask.shape[1] == layout.mask_slots
+    assert (nodes[:, layout.own_slot][:, 0] == image.own[rows].clip(0)).all()
+    assert (nodes[:, layout.inter_slots] == (image.inter[rows, :3].clip(0) if config.inter
+                                             else np.empty((len(rows), 0)))).all()
+    assert (nodes[:, layout.intra_slots] == (image.intra[rows, :3].clip(0) if config.intra
+                                             else np.empty((len(rows), 0)))).all()
+
+
+def test_the_model_reads_each_relation_from_its_own_slots(tiny_encoder, tiny_dataset):
+    """With the inter-modal relation's projection zeroed, the inter slots cannot matter and the
+    intra slots must; swapping the two relations' slots changes the output."""
+    import dataclasses
+
+    from trainer.batches import NodeLayout
+
+    image = tiny_image_inputs(tiny_dataset, k=3)
+    model, batch, config = build(tiny_encoder, tiny_dataset, image)
+    layout = NodeLayout.of(config)
+    proj = model.image.graphs.node_proj.lin
+    with torch.no_grad():
+        proj.weight[:proj.out_features // 2] = 0      # relation 0 is InterRG
+    model.eval()
+    before = model.emissions(batch)
+
+    def moved(slots):
+        x = batch.nodes_x.clone()
+        x[:, slots] += 1.0
+        return model.emissions(dataclasses.replace(batch, nodes_x=x))
+    torch.testing.assert_close(moved(layout.inter_slots), before)
+    assert not torch.allclose(moved(layout.intra_slots), before)
+    assert not torch.allclose(moved(layout.own_slot), before)
+    swapped = batch.nodes_x.clone()
+    swapped[:, layout.inter_slots] = batch.nodes_x[:, layout.intra_slots]
+    swapped[:, layout.intra_slots] = batch.nodes_x[:, layout.inter_slots]
+    assert not torch.allclose(model.emissions(dataclasses.replace(batch, nodes_x=swapped)), before)
+
+
+def test_a_batch_laid_out_for_another_model_is_refused(tiny_encoder, tiny_dataset):
+    image = tiny_image_inputs(tiny_dataset, k=3)
+    full, _, _ = build(tiny_encoder, tiny_dataset, image)
+    _, other, _ = build(tiny_encoder, tiny_dataset, image, intra=False)
+    with pytest.raises(ValueError, match="node slots"):
+        full.emissions(other)

@@ -178,16 +178,30 @@ def test_a_cuda_graph_step_updates_the_model_exactly_as_the_eager_step(tiny_enco
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def train_tiny(encoder, dataset, device):
+    """``loop.train`` on the tiny train split (also its valid split), 4 epochs of batches of 2."""
+    from trainer.config import TrainConfig
+    from trainer.loop import Prepared, Split, train
+
+    model, collator, table = tiny_setup(encoder, dataset)
+    model, table = model.to(device), table.to(device)
+    gold = [list(t.tags) for t in dataset.tweets("train")]
+    split = Split("train", collator.encoded, collator, gold)
+    config = TrainConfig(data_dir="tiny", seed=0,
+                         optim=OptimConfig(epochs=4, batch_size=2, patience=4))
+    prep = Prepared(config, device, None, {}, model, {"train": split, "valid": split}, table)
+    return train(prep)
+
+
+def test_training_on_the_cpu_steps_eagerly(tiny_encoder, tiny_dataset):
+    outcome = train_tiny(tiny_encoder, tiny_dataset, torch.device("cpu"))
+    assert outcome.steps == {"mode": "eager", "eager_steps": 12}
+    assert len(outcome.history) == 4 and all(np.isfinite(r["train_loss"])
+                                             for r in outcome.history)
+
+
 @cuda
 def test_training_on_cuda_replays_graphs_and_records_how(tiny_encoder, tiny_dataset):
-    from trainer.loop import Split, train
-
-    device = torch.device("cuda")
-    model, collator, table = tiny_setup(tiny_encoder, tiny_dataset)
-    model, table = model.to(device), table.to(device)
-    gold = [list(t.tags) for t in tiny_dataset.tweets("train")]
-    split = Split("train", collator.encoded, collator, gold)
-    optim = OptimConfig(epochs=4, batch_size=2, patience=4)
-    outcome = train(model, split, split, optim, device, torch.Generator().manual_seed(0), table)
+    outcome = train_tiny(tiny_encoder, tiny_dataset, torch.device("cuda"))
     assert outcome.steps["mode"] == "cuda-graph" and outcome.steps["graph_steps"] > 0
     assert all(np.isfinite(r["train_loss"]) for r in outcome.history)

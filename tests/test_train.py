@@ -9,6 +9,7 @@ import shutil
 import h5py
 import pytest
 
+import cli
 from tagger_fixtures import (invoke, tiny_encoder, tiny_pipeline, tiny_run,  # noqa: F401
                              train_args)
 from trainer.config import ModelConfig, OptimConfig, TrainConfig
@@ -23,11 +24,11 @@ def test_config_round_trips_and_refuses_bad_values(tmp_path):
     assert config.model.variant() == "no-inter"
     text_only = ModelConfig(text_only=True)
     assert text_only.inter is False and text_only.variant() == "text-only"
-    assert config.with_overrides(no_gate=True, epochs=4, pool="train") == TrainConfig(
+    assert config.with_overrides(gate=False, epochs=4, pool="train") == TrainConfig(
         data_dir="d", pool="train", model=ModelConfig(inter=False, k=3, gate=False),
         optim=OptimConfig(epochs=4))
     assert config.optim.cuda_graphs and not config.with_overrides(
-        no_cuda_graphs=True).optim.cuda_graphs
+        cuda_graphs=False).optim.cuda_graphs
     path.write_text(json.dumps({"data_dir": "d", "model": {"layers": 2}}))
     with pytest.raises(Exception) as err:
         TrainConfig.from_json(path)
@@ -106,7 +107,7 @@ def test_text_only_seeds_need_no_features_and_report_mean_std(tiny_dir, tmp_path
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert [r.split("-", 2)[2] for r in runs] == ["tiny-text-only-s1", "tiny-text-only-s2"]
     lines = result.output.splitlines()
-    assert any(line.startswith("test F1 conlleval: ") and "± " in line and "over 2 seed(s)" in line
+    assert any(line.startswith("test F1 conlleval: ") and "± " in line and "over 2 seeds" in line
                for line in lines)
     assert any(line.startswith("test F1 strict: ") for line in lines)
 
@@ -242,8 +243,10 @@ def test_a_run_folder_is_never_reused(tmp_path, monkeypatch):
     assert tmp.is_dir() and final.name == "20240501-120000-tiny-full-s1"
     with pytest.raises(CacheMismatch) as err:
         run.new_run_dir(tmp_path, "tiny-full-s1")
-    assert str(err.value) == (f"run folder {final} already exists; runs are never overwritten: "
-                              "wait a second or pass another --slug")
+    assert str(err.value) == (f"{final}: run folder already exists and runs are never "
+                              "overwritten; wait a second or choose another slug (slug)")
+    assert cli.describe_error(err.value, cli.main.commands["train"]).endswith(
+        "; wait a second or choose another slug (--slug)")
 
 
 def test_authors_neighbours_outside_the_dataset_are_masked_not_refused(tiny_pipeline, tiny_encoder,
@@ -295,6 +298,6 @@ def test_a_run_without_checkpoint_keeps_its_record_and_says_why_it_cannot_predic
     assert json.loads((run / "config.json").read_text())["checkpoint"] is False
     result = invoke("evaluate", "--run", run)
     assert result.exit_code == 1
-    assert result.output == (f"Error: {run}: trained with --no-checkpoint, so it holds scores "
-                             "and predictions but no weights; train again without "
-                             "--no-checkpoint\n")
+    assert result.output == (f"Error: {run}: this run was trained without saving its weights: "
+                             "it holds scores and predictions but no model; re-run "
+                             "`python cli.py train ...`\n")

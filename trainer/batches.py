@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import InvalidConfig
+from pipeline.runtime import resolve_precision
 
 from .gcn import block_diagonal, star_adjacency
 
@@ -74,6 +75,69 @@ class ImageInputs:
     @property
     def node_shape(self) -> tuple[int, ...]:
         return tuple(self.table.shape[1:])
+
+    def node_table(self, device: torch.device, precision: str = "auto") -> torch.Tensor:
+        """``table`` as one tensor on ``device``: bf16 when the model runs in bf16 on CUDA (the
+        rows are gathered there per batch, ``Batch.to``), float32 otherwise."""
+        bf16 = device.type == "cuda" and resolve_precision(precision, device) == "bf16"
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        return torch.from_numpy(np.ascontiguousarray(self.table)).to(device, dtype)
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    """Where each image node of an example sits in ``Batch.nodes`` (B, slots), one object that the
+    collator (which fills the slots) and the model (which reads them) both use.
+
+    Slots, in order: the K inter-modal neighbours (with InterRG), the own image, the K intra-modal
+    neighbours (with IntraRG). The relation graphs see ``graph_images``: InterRG's neighbours, then
+    IntraRG's star (own image first); without IntraRG the own image is only projected.
+    ``Batch.node_mask`` (B, ``mask_slots``) follows the node states the model builds: the "nothing"
+    slot, InterRG's text centre and neighbours, then IntraRG's star or the own image.
+    """
+
+    k: int
+    inter: bool
+    intra: bool
+
+    @classmethod
+    def of(cls, config) -> "NodeLayout":
+        """The layout of a ``ModelConfig`` (its ``k``, ``inter`` and ``intra``)."""
+        return cls(config.k, config.inter, config.intra)
+
+    @property
+    def inter_slots(self) -> slice:
+        return slice(0, self.k if self.inter else 0)
+
+    @property
+    def own_slot(self) -> slice:
+        start = self.inter_slots.stop
+        return slice(start, start + 1)
+
+    @property
+    def intra_slots(self) -> slice:
+        start = self.own_slot.stop
+        return slice(start, start + (self.k if self.intra else 0))
+
+    @property
+    def slots(self) -> int:
+        return self.intra_slots.stop
+
+    @property
+    def graph_images(self) -> slice:
+        """The slots the relation graphs take (all of them with IntraRG, else the neighbours)."""
+        return slice(0, self.slots if self.intra else self.inter_slots.stop)
+
+    @property
+    def mask_slots(self) -> int:
+        return 1 + (1 + self.k if self.inter else 0) + (1 + self.k if self.intra else 1)
+
+    def check(self, batch: "Batch") -> None:
+        """Refuse a batch laid out for another model (its slot counts differ from this layout's)."""
+        got = (batch.nodes.shape[1], batch.node_mask.shape[1])
+        if got != (self.slots, self.mask_slots):
+            raise ValueError(f"the batch holds {got[0]} node slots and {got[1]} mask slots; "
+                             f"{self} needs {self.slots} and {self.mask_slots}")
 
 
 @dataclass
@@ -142,13 +206,11 @@ class Batch:
     first-subword position of each word, ``word_mask`` (B, W); ``shape`` (B, W, F); ``labels``
     (B, W); ``positions`` (B,) the examples of the split (stays on the CPU).
 
-    Image side (None for a text-only model), laid out so that a step needs few device kernels:
-    ``nodes`` (B, [K +] 1 [+ K]) rows of the node table: the inter-modal neighbours (with
-    InterRG), the own image, the intra-modal neighbours (with IntraRG); missing ones point at row
-    0 and are masked. ``node_mask`` (B, 1 + N) what the tokens may attend to: the "nothing" slot
-    (always), then the InterRG nodes (text centre + K), then the IntraRG nodes (own image + K) or,
-    without IntraRG, the own image. ``adjacency`` (B, G, G): the normalised star graphs of InterRG
-    then IntraRG, block-diagonal (``gcn.star_adjacency``), G = (1 + K) per relation in use.
+    Image side (None for a text-only model), laid out by ``NodeLayout`` so that a step needs few
+    device kernels: ``nodes`` (B, slots) rows of the node table (missing ones point at row 0 and
+    are masked); ``node_mask`` (B, mask_slots) what the tokens may attend to. ``adjacency``
+    (B, G, G): the normalised star graphs of InterRG then IntraRG, block-diagonal
+    (``gcn.star_adjacency``), G = (1 + K) per relation in use.
     ``text_weight`` (B, 1, W): 1 / words on each word (InterRG's text node is the mean).
     After ``to``: ``nodes_x`` (B, slots, ...) the gathered node features.
     """
@@ -208,16 +270,16 @@ class Collator:
     def __init__(self, encoded: Encoded, pad_id: int, image: ImageInputs | None = None,
                  rows: np.ndarray | None = None, inter: bool = False, intra: bool = False,
                  k: int = 5):
-        self.encoded, self.pad_id, self.image = encoded, pad_id, image
-        self.rows, self.use_inter, self.use_intra, self.k = rows, inter, intra, k
+        self.encoded, self.pad_id, self.image, self.rows = encoded, pad_id, image, rows
+        self.layout = NodeLayout(k, inter, intra)
         self.longest = (max(map(len, encoded.input_ids), default=0),   # padding caps
                         max(map(len, encoded.first), default=0))
         if image is not None and (rows is None or len(rows) != len(encoded)):
             raise ValueError("Collator needs one image row per example")
         held = min(image.inter.shape[1], image.intra.shape[1]) if image is not None else k
         if (inter or intra) and held < k:
-            raise InvalidConfig(f"the graphs hold {held} neighbours per item but model.k is {k}; "
-                                "lower --k or rebuild the graphs with a larger --k")
+            raise InvalidConfig(f"the graphs hold {held} neighbours per item but the model takes "
+                                f"k={k}", setting="k", rerun="build-graphs", value=k)
 
     def __call__(self, positions, pad_to: tuple[int, int] = (1, 1)) -> Batch:
         """``pad_to`` (subwords, words): pad the batch's length to a multiple of these (at most
@@ -246,29 +308,30 @@ class Collator:
         return batch
 
     def _add_image(self, batch: Batch, rows: np.ndarray) -> None:
-        image, k, size = self.image, self.k, len(rows)
-        own = image.own[rows]
-        columns, masks, blocks = [], [np.ones((size, 1), bool)], []
-        if self.use_inter:
+        image, layout, size = self.image, self.layout, len(rows)
+        k, own = layout.k, image.own[rows]
+        nodes = np.empty((size, layout.slots), dtype=np.int64)
+        nodes[:, layout.own_slot] = own[:, None]
+        masks, blocks = [np.ones((size, 1), bool)], []
+        if layout.inter:
             inter = image.inter[rows, :k]
             block, mask = star_adjacency(np.ones(size, dtype=bool), inter,
                                          image.inter_score[rows, :k])
-            columns.append(inter)
+            nodes[:, layout.inter_slots] = inter
             masks.append(mask)
             blocks.append(block)
             words = batch.word_mask.numpy()
             batch.text_weight = torch.from_numpy(
                 (words / words.sum(1, keepdims=True)).astype(np.float32)[:, None, :])
-        columns.append(own[:, None])
-        if self.use_intra:
+        if layout.intra:
             intra = image.intra[rows, :k]
             block, mask = star_adjacency(own >= 0, intra, image.intra_score[rows, :k])
-            columns.append(intra)
+            nodes[:, layout.intra_slots] = intra
             masks.append(mask)
             blocks.append(block)
         else:
             masks.append((own >= 0)[:, None])
-        batch.nodes = torch.from_numpy(np.maximum(np.concatenate(columns, axis=1), 0))
+        batch.nodes = torch.from_numpy(np.maximum(nodes, 0))
         batch.node_mask = torch.from_numpy(np.concatenate(masks, axis=1))
         if blocks:
             batch.adjacency = torch.from_numpy(block_diagonal(blocks))

@@ -19,9 +19,11 @@ POOLS = ("all", "train")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-def _check(condition: bool, message: str) -> None:
+def _check(condition: bool, message: str, setting: str | None = None) -> None:
+    """Refuse a value: ``setting`` names the field whose value is at fault (the CLI words how to
+    change it)."""
     if not condition:
-        raise InvalidConfig(message)
+        raise InvalidConfig(message, setting=setting)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class ModelConfig:
             for name in ("inter", "intra", "gate"):
                 object.__setattr__(self, name, False)
         _check(bool(self.encoder), "model.encoder must name an encoder, e.g. minilm-l6")
-        _check(1 <= self.k <= 100, f"model.k must be in 1..100, got {self.k}")
+        _check(1 <= self.k <= 100, f"model.k must be in 1..100, got {self.k}", "k")
         _check(self.node_view in NODE_VIEWS,
                f"model.node_view must be one of {', '.join(NODE_VIEWS)}, got {self.node_view!r}")
         _check(self.region_pool in REGION_POOLS, "model.region_pool must be one of "
@@ -71,13 +73,15 @@ class ModelConfig:
         _check(1 <= self.gcn_layers <= 8,
                f"model.gcn_layers must be in 1..8, got {self.gcn_layers}")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
-        _check(self.max_subwords >= 8, f"model.max_subwords must be >= 8, got {self.max_subwords}")
+        _check(self.max_subwords >= 8, f"model.max_subwords must be >= 8, got {self.max_subwords}",
+               "max_subwords")
         _check(self.context in CONTEXTS, f"model.context must be one of {', '.join(CONTEXTS)}, "
                f"got {self.context!r}")
         _check(1 <= self.context_k <= 100, f"model.context_k must be in 1..100, got "
-               f"{self.context_k}")
+               f"{self.context_k}", "context_k")
         _check(self.context_subwords >= 8,
-               f"model.context_subwords must be >= 8, got {self.context_subwords}")
+               f"model.context_subwords must be >= 8, got {self.context_subwords}",
+               "context_subwords")
 
     @property
     def uses_image(self) -> bool:
@@ -115,14 +119,15 @@ class OptimConfig:
     cuda_graphs: bool = True          # on CUDA, replay each step as a CUDA graph (trainer.steps)
 
     def __post_init__(self):
-        _check(self.epochs >= 1, f"optim.epochs must be >= 1, got {self.epochs}")
+        _check(self.epochs >= 1, f"optim.epochs must be >= 1, got {self.epochs}", "epochs")
         _check(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1")
         _check(self.lr_encoder >= 0 and self.lr_head > 0,
                "optim.lr_encoder must be >= 0 (0 freezes the encoder) and optim.lr_head > 0")
         _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
         _check(0.0 <= self.warmup < 1.0, f"optim.warmup must be in [0, 1), got {self.warmup}")
         _check(self.clip > 0, f"optim.clip must be > 0, got {self.clip}")
-        _check(self.patience >= 1, f"optim.patience must be >= 1, got {self.patience}")
+        _check(self.patience >= 1, f"optim.patience must be >= 1, got {self.patience}",
+               "patience")
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,7 @@ class TrainConfig:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(self.slug is None or (
             self.slug and all(c.isalnum() or c in "-_." for c in self.slug)),
-            f"slug {self.slug!r} may hold only letters, digits, '-', '_' and '.'")
+            f"slug {self.slug!r} may hold only letters, digits, '-', '_' and '.'", "slug")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -182,56 +187,50 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict, where: str = "config") -> "TrainConfig":
         data = dict(data)
-        nested = {"model": ModelConfig, "optim": OptimConfig}
-        for key, kind in nested.items():
+        for key, kind in NESTED.items():
             if key in data:
                 data[key] = _build(kind, data[key], f"{where}: {key}")
         return _build(cls, data, where)
 
-    def with_overrides(self, **flat) -> "TrainConfig":
-        """A copy with flat option names applied: ``k``, ``epochs``, ``encoder``, ``no_inter``...
-        (``OVERRIDES`` maps each to its field; ``no_*`` flags switch the field off)."""
-        groups: dict[str, dict] = {"": {}, "model": {}, "optim": {}}
-        for name, value in flat.items():
-            if name not in OVERRIDES:
-                raise InvalidConfig(f"unknown option {name!r}; valid: "
-                                    f"{', '.join(sorted(OVERRIDES))}")
-            group, target = OVERRIDES[name]
-            if name.startswith("no_"):
-                if not value:
-                    continue
-                value = False
-            groups[group][target] = value
+    def with_overrides(self, **values) -> "TrainConfig":
+        """A copy with fields set by their names, whichever dataclass holds them: ``k``,
+        ``epochs``, ``inter``, ``pool``... (``field_groups`` says where each name lives)."""
+        groups = field_groups()
+        nested: dict[str, dict] = {"": {}, "model": {}, "optim": {}}
+        for name, value in values.items():
+            if name not in groups:
+                raise InvalidConfig(f"unknown setting {name!r}", value=name,
+                                    hint=f"valid settings: {', '.join(sorted(groups))}")
+            nested[groups[name]][name] = value
         return dataclasses.replace(
-            self, **groups[""], model=dataclasses.replace(self.model, **groups["model"]),
-            optim=dataclasses.replace(self.optim, **groups["optim"]))
+            self, **nested[""], model=dataclasses.replace(self.model, **nested["model"]),
+            optim=dataclasses.replace(self.optim, **nested["optim"]))
 
     @classmethod
     def from_json(cls, path) -> "TrainConfig":
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise InvalidConfig(f"{path}: config file not found") from None
+            raise InvalidConfig("config file not found", path=path) from None
+        except (OSError, UnicodeDecodeError) as err:   # a folder, no permission, not text
+            why = getattr(err, "strerror", None) or type(err).__name__
+            raise InvalidConfig(f"cannot read the config file ({why})", path=path) from None
         except json.JSONDecodeError as err:
-            raise InvalidConfig(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+            raise InvalidConfig(f"not valid JSON ({err.msg})", path=path,
+                                line=err.lineno) from None
         return cls.from_dict(data, str(path))
 
 
-OVERRIDES = {  # flat option name -> (group, field); "" is TrainConfig itself
-    **{name: ("", name) for name in ("data_dir", "artifacts", "seed", "device", "precision",
-                                     "deterministic", "graph_source", "pool", "features",
-                                     "inter_graph", "intra_graph", "context_graph",
-                                     "slug")},
-    **{name: ("model", name) for name in ("encoder", "text_only", "k", "node_view", "region_pool",
-                                          "graph_dim", "gcn_layers", "heads", "dropout",
-                                          "max_subwords", "context", "context_k",
-                                          "context_subwords")},
-    "no_inter": ("model", "inter"), "no_intra": ("model", "intra"), "no_gate": ("model", "gate"),
-    "no_shape": ("model", "shape"), "no_checkpoint": ("", "checkpoint"),
-    "no_cuda_graphs": ("optim", "cuda_graphs"),
-    **{name: ("optim", name) for name in ("epochs", "batch_size", "lr_encoder", "lr_head",
-                                          "weight_decay", "warmup", "clip", "patience")},
-}
+def field_groups() -> dict[str, str]:
+    """Each setting's name -> the part of ``TrainConfig`` that holds it: ``""`` (the run itself),
+    ``"model"`` or ``"optim"``. Read from the dataclasses; no name is in two of them."""
+    groups = {f.name: "" for f in dataclasses.fields(TrainConfig) if f.name not in NESTED}
+    for part, kind in NESTED.items():
+        groups.update({f.name: part for f in dataclasses.fields(kind)})
+    return groups
+
+
+NESTED = {"model": ModelConfig, "optim": OptimConfig}
 
 
 def _build(kind, data, where: str):

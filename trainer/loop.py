@@ -20,11 +20,12 @@ from torch.utils.data import DataLoader
 
 from pipeline.labels import TypeNames
 from pipeline.progress import no_progress
+from pipeline.runtime import autocast
 
 from .batches import Collator, Encoded
-from .config import OptimConfig
+from .config import OptimConfig, TrainConfig
 from .metrics import score
-from .steps import autocast, make_step, set_learning_rates, uses_graphs
+from .steps import make_step, set_learning_rates, uses_graphs
 
 
 @dataclass
@@ -35,6 +36,20 @@ class Split:
     encoded: Encoded
     collator: Collator
     gold: list[list[str]]
+
+
+@dataclass
+class Prepared:
+    """Everything a training pass needs, built from a config and its inputs (``run.prepare``)."""
+
+    config: TrainConfig          # with node_view and encoder resolved to what is actually used
+    device: torch.device
+    tokenizer: object
+    encoder_record: dict
+    model: torch.nn.Module       # the Tagger
+    splits: dict[str, Split]
+    table: torch.Tensor | None   # node features on the device (None for text-only)
+    type_names: TypeNames = field(default_factory=TypeNames)   # the dataset's tag names
 
 
 @dataclass
@@ -135,15 +150,29 @@ def _decode_split(model, split: Split, device, table, batch_size: int, precision
     return tags
 
 
-def train(model, train_split: Split, valid_split: Split, optim: OptimConfig, device: torch.device,
-          generator: torch.Generator, table: torch.Tensor | None = None, precision: str = "auto",
-          type_names: TypeNames = TypeNames(), progress=no_progress, on_epoch=None) -> Outcome:
-    """Train ``model`` in place; return the best epoch's weights (by valid F1, conlleval mode).
+def _epoch(step, loader, optimizer, factor, done: int, bar) -> int:
+    """One pass over ``loader``; the learning rates follow ``factor`` of the steps ``done``."""
+    for batch in loader:
+        step(batch)
+        done += 1
+        set_learning_rates(optimizer, factor(done))
+        bar.update(1)
+    return done
+
+
+def train(prep: Prepared, progress=no_progress, on_epoch=None) -> Outcome:
+    """Train ``prep.model`` in place on its train split, select on its valid split; return the
+    best epoch's weights (by valid F1, conlleval mode). The batch order is drawn from a generator
+    seeded with ``prep.config.seed``.
 
     ``on_epoch(record)`` is called after each epoch with a dict: epoch, train_loss, train_seconds,
     valid_seconds, the learning rates at the epoch's end (lr_encoder, lr_new), valid scores, and
     best (whether this epoch is the best so far).
     """
+    model, device, table, optim = prep.model, prep.device, prep.table, prep.config.optim
+    train_split, valid_split = prep.splits["train"], prep.splits["valid"]
+    precision, type_names = prep.config.precision, prep.type_names
+    generator = torch.Generator().manual_seed(prep.config.seed)
     pin = device.type == "cuda"
     graphs = uses_graphs(device, optim.cuda_graphs)
     optimizer = torch.optim.AdamW(_param_groups(model, optim, device if graphs else None),
@@ -159,11 +188,7 @@ def train(model, train_split: Split, valid_split: Split, optim: OptimConfig, dev
         start = time.perf_counter()
         with progress(total=len(loader), desc=f"epoch {epoch}/{optim.epochs}") as bar, \
                 attention_kernels(device):
-            for batch in loader:
-                step(batch)
-                done += 1
-                set_learning_rates(optimizer, factor(done))
-                bar.update(1)
+            done = _epoch(step, loader, optimizer, factor, done, bar)
         train_loss = step.take_loss() / len(loader)  # the one host sync of the epoch
         seconds = time.perf_counter() - start
         valid = evaluate(model, valid_split, device, table, optim.eval_batch_size, precision,

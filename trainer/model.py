@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import MissingInput
+from pipeline.errors import CorruptInput, MissingInput
 
-from .batches import SHAPE_FEATURES, Batch
+from .batches import SHAPE_FEATURES, Batch, NodeLayout
 from .config import ModelConfig
 from .crf import allowed_transitions, log_likelihood, viterbi
 from .gcn import GCNLayer, RelationLinear
@@ -54,12 +54,12 @@ class RegionPool(nn.Module):
 class RelationGraphs(nn.Module):
     """InterRG and/or IntraRG, one star graph per relation and example, through GCN layers.
 
-    ``images`` (B, M, D): the image nodes of the graphs in slot order (InterRG's K neighbours,
-    then IntraRG's own image and K neighbours); ``center`` (B, 1, C): InterRG's text centre, which
-    lives in another space and has its own projection; ``adjacency`` (B, G, G) block-diagonal
-    (``Batch.adjacency``) -> node states (B, G, dim), G = (1 + K) per relation. Each relation has
-    its own weights; one matmul serves both (``gcn.RelationLinear``). ReLU after each layer,
-    dropout between layers.
+    ``images`` (B, M, D): the image nodes of the graphs in ``NodeLayout.graph_images`` order
+    (InterRG's K neighbours, then IntraRG's own image and K neighbours); ``center`` (B, 1, C):
+    InterRG's text centre, which lives in another space and has its own projection;
+    ``adjacency`` (B, G, G) block-diagonal (``Batch.adjacency``) -> node states (B, G, dim),
+    G = (1 + K) per relation. Each relation has its own weights; one matmul serves both
+    (``gcn.RelationLinear``). ReLU after each layer, dropout between layers.
     """
 
     def __init__(self, inter: bool, intra: bool, k: int, center_dim: int, node_dim: int,
@@ -120,20 +120,20 @@ class ImageBranch(nn.Module):
         self.own = None if config.intra else nn.Sequential(nn.Linear(node_dim, dim), nn.ReLU())
         self.attend = NodeAttention(hidden, dim, config.heads, config.dropout)
         self.gate = nn.Linear(2 * hidden, hidden) if config.gate else None
-        self.k, self.inter = config.k, config.inter
+        self.layout = NodeLayout.of(config)
 
     def forward(self, h: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Word states ``h`` (B, W, H) -> fused states (B, W, H); see ``Batch`` for the layout."""
         x = batch.nodes_x if self.pool is None else self.pool(batch.nodes_x)   # (B, slots, D)
-        own = self.k if self.inter else 0          # the own image's slot
+        layout = self.layout
+        layout.check(batch)
         if self.graphs is None:
-            nodes = self.own(x)
+            nodes = self.own(x[:, layout.own_slot])
         else:
-            text = torch.bmm(batch.text_weight.to(h.dtype), h) if self.inter else None
-            images = x if self.own is None else x[:, :own]
-            nodes = self.graphs(images, batch.adjacency, center=text)
+            text = torch.bmm(batch.text_weight.to(h.dtype), h) if layout.inter else None
+            nodes = self.graphs(x[:, layout.graph_images], batch.adjacency, center=text)
             if self.own is not None:
-                nodes = torch.cat([nodes, self.own(x[:, own:own + 1])], dim=1)
+                nodes = torch.cat([nodes, self.own(x[:, layout.own_slot])], dim=1)
         v = self.attend(h, nodes, batch.node_mask)
         if self.gate is None:
             return h + v
@@ -217,31 +217,55 @@ def save_tagger(model: Tagger, tokenizer, folder, encoder_record: dict,
 
 def _require(folder: Path, name: str) -> None:
     if not (folder / name).exists():
-        raise MissingInput(f"{folder / name}: not found; is {folder} a finished run folder?")
+        raise MissingInput("not found; is this a finished run folder?", path=folder / name)
+
+
+def _read_meta(folder: Path) -> dict:
+    """``model.json``, checked to describe a loadable tagger of this code's format."""
+    _require(folder, "model.json")
+    meta = json.loads((folder / "model.json").read_text())
+    if meta.get("weights") is False:
+        raise MissingInput("this run was trained without saving its weights: it holds scores and "
+                           "predictions but no model", path=folder, rerun="train")
+    for name in ("model.safetensors", "encoder"):
+        _require(folder, name)
+    if meta.get("format") != FORMAT_VERSION:
+        raise CorruptInput(f"format {meta.get('format')} is not {FORMAT_VERSION}; this run was "
+                           "saved by another version", path=folder / "model.json", rerun="train")
+    if meta["shape_features"] != list(SHAPE_FEATURES):
+        raise CorruptInput("saved with other word-shape features", path=folder / "model.json",
+                           rerun="train")
+    return meta
+
+
+def _load_weights(model: Tagger, path: Path, device) -> None:
+    """Fill ``model`` from a safetensors file, refusing in one line a file that is not one (a
+    pickle, random bytes) or that holds another model's weights (other shapes or names)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    try:
+        load_model(model, str(path), strict=True, device=str(device))
+    except SafetensorError as err:
+        raise CorruptInput(f"not a safetensors file ({err})", path=path,
+                           hint="restore the run's own model.safetensors") from None
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        why = lines[0] if lines else str(err).strip()
+        raise CorruptInput(f"these weights are not the model that model.json describes ({why})",
+                           path=path, hint="restore the run's own model.safetensors") from None
 
 
 def load_tagger(folder, device="cpu"):
     """Rebuild a saved tagger from its folder alone: ``(model, tokenizer, meta)``. Reads JSON and
     safetensors only (no pickled code runs)."""
-    from safetensors.torch import load_model
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     folder = Path(folder)
-    _require(folder, "model.json")
-    meta = json.loads((folder / "model.json").read_text())
-    if meta.get("weights") is False:
-        raise MissingInput(f"{folder}: trained with --no-checkpoint, so it holds scores and "
-                           "predictions but no weights; train again without --no-checkpoint")
-    for name in ("model.safetensors", "encoder"):
-        _require(folder, name)
-    if meta.get("format") != FORMAT_VERSION:
-        raise MissingInput(f"{folder / 'model.json'}: format {meta.get('format')} is not "
-                           f"{FORMAT_VERSION}; this run was saved by another version")
-    if meta["shape_features"] != list(SHAPE_FEATURES):
-        raise MissingInput(f"{folder / 'model.json'}: saved with other word-shape features")
+    meta = _read_meta(folder)
     config = ModelConfig(**meta["model"])
     backbone = AutoModel.from_config(AutoConfig.from_pretrained(folder / "encoder"))
     model = Tagger(config, backbone, meta["labels"], meta["node_shape"])
-    load_model(model, str(folder / "model.safetensors"), strict=True, device=str(device))
+    _load_weights(model, folder / "model.safetensors", device)
     tokenizer = AutoTokenizer.from_pretrained(folder / "encoder")
     return model.to(device).eval(), tokenizer, meta

@@ -251,8 +251,6 @@ def context_for(examples: list[Example], inputs: TrainInputs, config: TrainConfi
 
 def predict(run_dir, examples: list[Example], device: str = "auto") -> Prediction:
     """Tag ``examples`` with the run in ``run_dir`` (see the module docstring)."""
-    import torch
-
     from .model import load_tagger
     from .run import resolve_device
 
@@ -281,11 +279,7 @@ def predict(run_dir, examples: list[Example], device: str = "auto") -> Predictio
                         config.model.inter, config.model.intra, config.model.k)
     labelled = all(e.tags for e in examples)
     gold = [list(e.tags) if labelled else ["O"] * len(e.tokens) for e in examples]
-    table = None
-    if image is not None:
-        dtype = (torch.bfloat16 if torch_device.type == "cuda" and config.precision != "fp32"
-                 else torch.float32)
-        table = torch.from_numpy(np.ascontiguousarray(image.table)).to(torch_device, dtype)
+    table = None if image is None else image.node_table(torch_device, config.precision)
     result = evaluate(model, Split("predict", encoded, collator, gold), torch_device, table,
                       config.optim.eval_batch_size, config.precision, inputs.dataset.type_names)
     return Prediction(examples, result.tags, result.scores if labelled else None,

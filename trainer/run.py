@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import runtime
 from pipeline.artifacts import environment, write_json
-from pipeline.encoders import resolve_device as pipeline_device
 from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput
 from pipeline.labels import label_list
 from pipeline.progress import no_progress
@@ -33,7 +33,7 @@ from .batches import Collator, encode
 from .config import TrainConfig
 from .context import context_ids, tweet_words
 from .inputs import TrainInputs, load_inputs
-from .loop import Split, evaluate, train
+from .loop import Prepared, Split, evaluate, train
 from .metrics import format_table, mean_std
 from .model import Tagger, save_tagger
 
@@ -46,6 +46,7 @@ class RunResult:
     test: dict
     seconds: float
     epochs_run: int
+    seed: int | None = None
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -59,8 +60,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``pipeline.encoders.resolve_device`` as a ``torch.device``."""
-    return torch.device(pipeline_device(name))
+    """``pipeline.runtime.resolve_device`` as a ``torch.device``."""
+    return torch.device(runtime.resolve_device(name))
 
 
 def run_slug(config: TrainConfig, dataset_name: str) -> str:
@@ -72,8 +73,8 @@ def new_run_dir(artifacts, slug: str) -> tuple[Path, Path]:
     final = Path(artifacts) / "runs" / f"{datetime.now():%Y%m%d-%H%M%S}-{slug}"
     tmp = final.with_name(final.name + ".tmp")
     if final.exists() or tmp.exists():
-        raise CacheMismatch(f"run folder {final} already exists; runs are never overwritten: "
-                            "wait a second or pass another --slug")
+        raise CacheMismatch("run folder already exists and runs are never overwritten",
+                            path=final, setting="slug", hint="wait a second or choose another slug")
     tmp.mkdir(parents=True)
     return tmp, final
 
@@ -101,12 +102,10 @@ def make_splits(inputs: TrainInputs, tokenizer, config: TrainConfig, label2id,
 
 
 def node_table(inputs: TrainInputs, config: TrainConfig, device: torch.device):
-    """The node features as one device tensor (bf16 when training in bf16 on CUDA), or None."""
+    """The node features as one device tensor (``ImageInputs.node_table``), or None."""
     if not config.model.uses_image:
         return None
-    bf16 = device.type == "cuda" and config.precision != "fp32"
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    return torch.from_numpy(np.ascontiguousarray(inputs.image.table)).to(device, dtype)
+    return inputs.image.node_table(device, config.precision)
 
 
 def write_conll(path, splits_tweets, predicted, type_names) -> None:
@@ -142,19 +141,6 @@ def plot_curve(path, history: list[dict]) -> None:
     figure.savefig(path, dpi=100)
 
 
-@dataclass
-class Prepared:
-    """Everything a training pass needs, built from a config and its inputs."""
-
-    config: TrainConfig          # with node_view resolved to the view actually used
-    device: torch.device
-    tokenizer: object
-    encoder_record: dict
-    model: Tagger
-    splits: dict[str, Split]
-    table: torch.Tensor | None   # node features on the device (None for text-only)
-
-
 def resolved(config: TrainConfig, inputs: TrainInputs) -> TrainConfig:
     """``config`` with the node view and the feature / graph files actually used written in, so
     that its ``config.json`` retrains on the same inputs even after the manifests move on."""
@@ -177,7 +163,8 @@ def check_lengths(splits: dict[str, Split], tokenizer, backbone) -> None:
                   default=0)
     if limit and longest > limit:
         raise InvalidConfig(f"an input holds {longest} subwords but the encoder takes at most "
-                            f"{limit}; lower --context-subwords or model.max_subwords")
+                            f"{limit}", setting="context_subwords", value=longest,
+                            hint="lower the context's subword budget or model.max_subwords")
 
 
 def prepare(config: TrainConfig, inputs: TrainInputs) -> Prepared:
@@ -193,9 +180,8 @@ def prepare(config: TrainConfig, inputs: TrainInputs) -> Prepared:
                             "load_inputs")
     config = resolved(config, inputs)
     if config.model.encoder == "auto":
-        from pipeline.packaged import best_available_text_encoder
         config = dataclasses.replace(config, model=dataclasses.replace(
-            config.model, encoder=best_available_text_encoder(device.type == "cuda")))
+            config.model, encoder=runtime.default_text_encoder(str(device))))
     tokenizer, backbone, encoder_record = load_text_backbone(config.model.encoder)
     labels = label_list()
     splits = make_splits(inputs, tokenizer, config, {t: i for i, t in enumerate(labels)})
@@ -205,28 +191,44 @@ def prepare(config: TrainConfig, inputs: TrainInputs) -> Prepared:
     # mixed precision comes from autocast, never from half-precision parameters
     model = Tagger(config.model, backbone, labels, node_shape).float().to(device)
     return Prepared(config, device, tokenizer, encoder_record, model, splits,
-                    node_table(inputs, config, device))
+                    node_table(inputs, config, device), inputs.dataset.type_names)
+
+
+def logged_to(path, log=None):
+    """A ``log`` that also appends each line, timed, to the file ``path`` (a run's train.log)."""
+    def both(message: str) -> None:
+        if log is not None:
+            log(message)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {message}\n")
+    return both
+
+
+def write_records(folder: Path, prep: Prepared, inputs: TrainInputs) -> None:
+    """``config.json``, ``env.json`` (code, packages, device) and ``inputs.json`` of a run."""
+    device = prep.device
+    prep.config.to_json(folder / "config.json")
+    env = environment()
+    env["device"] = {"name": str(device), "threads": torch.get_num_threads(),
+                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    write_json(folder / "env.json", env)
+    write_json(folder / "inputs.json", inputs.record(
+        truncated_words={n: s.encoded.truncated_words for n, s in prep.splits.items()}))
 
 
 def train_run(config: TrainConfig, inputs: TrainInputs, progress=no_progress,
               log=None) -> RunResult:
-    """Train one seed of ``config`` on ``inputs`` and write its run folder."""
-    log = log or (lambda message: None)
+    """Train one seed of ``config`` on ``inputs`` and write its run folder; the log lines go to
+    ``log`` and to the folder's ``train.log``."""
     started = time.perf_counter()
     prep = prepare(config, inputs)
     config, device, model, splits, table = (prep.config, prep.device, prep.model, prep.splits,
                                             prep.table)
     tmp, final = new_run_dir(config.artifacts, run_slug(config, inputs.dataset.name))
+    log = logged_to(tmp / "train.log", log)
     log(f"run {final.name}: {config.model.variant()} with encoder {config.model.encoder} on "
         f"{device}, {sum(p.numel() for p in model.parameters()):,} parameters")
-    config.to_json(tmp / "config.json")
-    env = environment()
-    env["device"] = {"name": str(device), "threads": torch.get_num_threads(),
-                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
-    write_json(tmp / "env.json", env)
-    write_json(tmp / "inputs.json", inputs.record(
-        truncated_words={n: s.encoded.truncated_words for n, s in splits.items()}))
-    generator = torch.Generator().manual_seed(config.seed)
+    write_records(tmp, prep, inputs)
 
     def on_epoch(record):
         with open(tmp / "metrics.jsonl", "a") as handle:
@@ -237,8 +239,7 @@ def train_run(config: TrainConfig, inputs: TrainInputs, progress=no_progress,
             f"{100 * valid['strict']['overall']['f1']:.2f}), {record['train_seconds']:.1f}s"
             + (" *" if record["best"] else ""))
 
-    outcome = train(model, splits["train"], splits["valid"], config.optim, device, generator, table,
-                    config.precision, inputs.dataset.type_names, progress, on_epoch)
+    outcome = train(prep, progress, on_epoch)
     model.load_state_dict(outcome.best_state)
     scores = {}
     for name in ("valid", "test"):
@@ -255,9 +256,11 @@ def train_run(config: TrainConfig, inputs: TrainInputs, progress=no_progress,
                                       "epochs_run": len(outcome.history),
                                       "stopped_early": outcome.stopped_early,
                                       "steps": outcome.steps})
+    log(f"finished in {seconds:.0f} s: best epoch {outcome.best_epoch}, test F1 "
+        f"{100 * scores['test']['conlleval']['overall']['f1']:.2f}")
     os.replace(tmp, final)
     return RunResult(final, outcome.best_epoch, scores["valid"], scores["test"], seconds,
-                     len(outcome.history))
+                     len(outcome.history), config.seed)
 
 
 def train_seeds(config: TrainConfig, seeds: list[int], progress=no_progress, log=None,
@@ -275,8 +278,12 @@ def summary(results: list[RunResult], split: str = "test") -> str:
         lines.append(format_table(getattr(results[0], split), f"{split} ({results[0].path})"))
     for mode in ("conlleval", "strict"):
         values = [100 * getattr(r, split)[mode]["overall"]["f1"] for r in results]
+        if len(values) == 1:
+            seed = "" if results[0].seed is None else f" (seed {results[0].seed})"
+            lines.append(f"{split} F1 {mode}: {values[0]:.2f}{seed}")
+            continue
         mean, std = mean_std(values)
-        lines.append(f"{split} F1 {mode}: {mean:.2f} ± {std:.2f} over {len(values)} seed(s) "
+        lines.append(f"{split} F1 {mode}: {mean:.2f} ± {std:.2f} over {len(values)} seeds "
                      f"({', '.join(f'{v:.2f}' for v in values)})")
     return "\n".join(lines)
 
@@ -292,8 +299,8 @@ def evaluate_run(run_dir, split: str = "test", device: str = "auto"):
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
-        raise MissingInput(f"{run_dir}: not a run folder (no config.json); pass a folder under "
-                           "<artifacts>/runs/")
+        raise MissingInput("not a run folder (no config.json)", path=run_dir,
+                           hint="give a folder under <artifacts>/runs/")
     config = TrainConfig.from_json(run_dir / "config.json")
     inputs = inputs_from_record(run_dir, config)
     if split not in inputs.dataset.splits:

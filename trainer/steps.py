@@ -28,20 +28,12 @@ from collections import Counter
 
 import torch
 
+from pipeline.runtime import autocast
+
 from .batches import Batch
 
 PAD_TO = (32, 16)   # a CUDA-graph training pads subwords and words to these multiples
 WARMUP = 2          # eager steps of a batch shape before it is captured
-
-
-def autocast(device: torch.device, precision: str, cache: bool = True):
-    """bf16 autocast on CUDA (``auto`` or ``bf16``); plain fp32 otherwise. ``cache=False`` for a
-    step that is captured in a CUDA graph (the weight-cast cache must not outlive the capture)."""
-    if device.type == "cuda" and precision in ("auto", "bf16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
-    if device.type == "cpu" and precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache)
-    return contextlib.nullcontext()
 
 
 def uses_graphs(device: torch.device, enabled: bool) -> bool:
