@@ -133,7 +133,8 @@ def check_split_types(tables: dict[str, list[Tweet]], paths: dict[str, Path],
     from the training split, could never predict it, and its gold would have no label id."""
     for name, tweets in tables.items():
         for tweet in tweets if name != "train" else ():
-            unknown = [i for i, t in enumerate(tweet.tags) if t != "O" and t[2:] not in labels.types]
+            unknown = [i for i, t in enumerate(tweet.tags)
+                       if t != "O" and t[2:] not in labels.types]
             if unknown:
                 tag = tweet.tags[unknown[0]]
                 etype = labels.type_to_dataset(tag[2:])

@@ -65,7 +65,7 @@ def check_item_id(item_id: str, where: str = "") -> str:
 
 
 def read_lines(path: Path) -> list[str]:
-    """The file's lines without line endings; a clear error for a missing, empty or non-UTF-8 file."""
+    """The file's lines without line endings; a clear error for a missing, empty, non-UTF-8 file."""
     path = Path(path)
     if not path.is_file():
         raise MissingInput("file not found", path=path)
@@ -113,7 +113,8 @@ def read_umt(path, split: str = "", reader: TagReader | None = None,
             item_id = check_item_id(line[6:].strip(), f"{path}:{lineno}")
             if item_id in seen:
                 raise DataFormatError(path, lineno, f"duplicate IMGID {item_id} (first at line "
-                                      f"{seen[item_id]}); each tweet of a split needs its own IMGID")
+                                      f"{seen[item_id]}); each tweet of a split needs its own "
+                                      "IMGID")
             seen[item_id] = lineno
             current, tokens, tags = (item_id, lineno), [], []
         elif line.strip(" ") == "":  # only ASCII blanks: a U+00A0 token line is data
@@ -123,18 +124,11 @@ def read_umt(path, split: str = "", reader: TagReader | None = None,
             if current is None:
                 raise DataFormatError(path, lineno, f"token line {line[:40]!r} before any IMGID "
                                       "line; every tweet starts with IMGID:<id>")
-            token, sep, tag = line.rpartition("\t")
-            if not sep and require_tags:
-                raise DataFormatError(path, lineno, f"no tab in {line[:40]!r}; expected "
-                                      "token<TAB>tag")
-            token = token if sep else tag
-            if token == "":
-                raise DataFormatError(path, lineno, f"empty token before tag {tag!r}; expected "
-                                      "token<TAB>tag")
+            token, tag = _token_line(path, lineno, line, require_tags)
             tokens.append(token)
-            if sep:
-                tags.append(reader.read(tag.strip(), path, lineno))
-            marks[bool(sep)] = marks[bool(sep)] or lineno
+            if tag is not None:
+                tags.append(reader.read(tag, path, lineno))
+            marks[tag is not None] = marks[tag is not None] or lineno
             if all(marks.values()):
                 raise DataFormatError(path, lineno, f"line {marks[True]} has a tag but line "
                                       f"{marks[False]} has none; tag every token or none")
@@ -142,6 +136,17 @@ def read_umt(path, split: str = "", reader: TagReader | None = None,
     if not tweets:
         raise DataFormatError(path, None, "no IMGID:<id> line found; is this a UMT CoNLL file?")
     return tweets
+
+
+def _token_line(path, lineno: int, line: str, require_tags: bool) -> tuple[str, str | None]:
+    """``(token, tag)`` of a UMT token line; ``tag`` is None for a token alone (no tab)."""
+    token, sep, tag = line.rpartition("\t")
+    if not sep and require_tags:
+        raise DataFormatError(path, lineno, f"no tab in {line[:40]!r}; expected token<TAB>tag")
+    if sep and token == "":
+        raise DataFormatError(path, lineno, f"empty token before tag {tag!r}; expected "
+                              "token<TAB>tag")
+    return (token, tag.strip()) if sep else (tag, None)
 
 
 def read_jsonl(path, split: str = "", reader: TagReader | None = None,
