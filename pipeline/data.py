@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataFormatError, MissingInput, UnsafeItemId
-from .formats import Tweet, check_item_id, read_jsonl, read_lines, read_umt
+from .formats import Tweet, check_item_id, check_types, read_jsonl, read_lines, read_umt
 from .labels import LabelSet, TagReader
 
 SPLITS = ("train", "valid", "test")
@@ -127,25 +127,6 @@ def split_files(root: Path, splits=SPLITS) -> tuple[str, list[Path]]:
     return fmt, [root / f"{name}{FORMATS[fmt]}" for name in splits]
 
 
-def check_split_types(tables: dict[str, list[Tweet]], paths: dict[str, Path],
-                      labels: LabelSet, fmt: str = "umt") -> None:
-    """Refuse a type in valid/test that the training split lacks: the tagger, whose labels come
-    from the training split, could never predict it, and its gold would have no label id."""
-    for name, tweets in tables.items():
-        for tweet in tweets if name != "train" else ():
-            unknown = [i for i, t in enumerate(tweet.tags)
-                       if t != "O" and t[2:] not in labels.types]
-            if unknown:
-                tag = tweet.tags[unknown[0]]
-                etype = labels.type_to_dataset(tag[2:])
-                raise DataFormatError(
-                    paths[name], tweet.line + (1 + unknown[0] if fmt == "umt" else 0),
-                    f"type {etype} (tweet {tweet.item_id}) is not in the training split, whose "
-                    f"types are {', '.join(labels.dataset_types()) or 'none'}",
-                    value=labels.to_dataset(tag),
-                    hint="add examples of it to the training split, or tag it O")
-
-
 def image_refs(tweets) -> dict[str, str]:
     """Item id -> the id its image and caption are filed under (the JSON lines ``image`` field
     without its extension, else the item id)."""
@@ -180,7 +161,8 @@ def load_dataset(data_dir, captions=None, image_dir=None, splits=SPLITS) -> Data
             owner[tweet.item_id] = name
     source = tables["train"] if "train" in tables else [t for ts in tables.values() for t in ts]
     labels = reader.label_set(t.tags for t in source)
-    check_split_types(tables, paths, labels, fmt)
+    for name in [n for n in tables if n != "train"]:  # no type the tagger cannot predict
+        check_types(tables[name], paths[name], labels)
     dataset = Dataset(root.resolve().name, root, tables, labels, format=fmt)
     refs = image_refs(dataset.tweets())
     renamed = any(ref != item_id for item_id, ref in refs.items())

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataFormatError, MissingInput, UnsafeItemId
-from .labels import TagReader
+from .labels import LabelSet, TagReader
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 JSONL_FIELDS = ("id", "tokens", "tags", "image")
@@ -220,6 +220,21 @@ def _jsonl_example(path, lineno, line, split, reader, require_tags) -> Tweet:
         raise bad(f"field 'image' must be a file name or id in the image folder (no '/'), got "
                   f"{image!r}", image)
     return Tweet(item_id, tuple(tokens), tuple(tags or ()), split, lineno, image)
+
+
+def check_types(tweets, path, labels: LabelSet, against: str = "the training split") -> None:
+    """Refuse a gold type outside ``labels`` (valid/test, or a file a run tags): a tagger whose
+    labels come from the training split could never predict it, and it has no label id."""
+    for tweet in tweets:
+        unknown = [i for i, t in enumerate(tweet.tags) if t != "O" and t[2:] not in labels.types]
+        if unknown:
+            tag = tweet.tags[unknown[0]]
+            line = tweet.line + (0 if Path(path).suffix == ".jsonl" else 1 + unknown[0])
+            raise DataFormatError(
+                path, line, f"type {labels.type_to_dataset(tag[2:])} (tweet {tweet.item_id}) is "
+                f"not in {against}, whose types are {', '.join(labels.dataset_types()) or 'none'}",
+                value=labels.to_dataset(tag),
+                hint="add examples of it to the training split, or tag it O")
 
 
 def read_untagged(path) -> list[Tweet]:

@@ -79,6 +79,19 @@ def test_a_type_missing_from_train_is_refused(tmp_path):
     assert err.value.value == "B-EVENT"
 
 
+def test_a_type_unknown_to_a_run_is_refused_at_its_jsonl_line(tmp_path):
+    from pipeline.formats import check_types, read_examples
+
+    path = tmp_path / "new.jsonl"
+    path.write_text('{"id": "a", "tokens": ["Rome"], "tags": ["B-CITY"]}\n'
+                    '{"id": "b", "tokens": ["Euro", "2024"], "tags": ["B-EVENT", "I-EVENT"]}\n')
+    with pytest.raises(DataFormatError) as err:
+        check_types(read_examples(path), path, LabelSet(MADE_UP), "this run's label set")
+    assert str(err.value) == (f"{path}:2: type EVENT (tweet b) is not in this run's label set, "
+                              "whose types are CITY, GAME, TEAM; add examples of it to the "
+                              "training split, or tag it O")
+
+
 def test_any_type_name_is_accepted_without_a_label_set_error(tmp_path):
     for name in ("train", "valid", "test"):
         (tmp_path / f"{name}.txt").write_text(
