@@ -1,45 +1,44 @@
-"""Reading TWITTER-2015/2017 in the UMT CoNLL format, captions, and locating images.
+"""One dataset: its splits (UMT CoNLL or JSON lines), its label set, captions and images.
 
-One dataset is one table keyed by ``item_id`` (the tweet's IMGID, unique across splits). Every
-reader either returns all the data of a file or raises ``DataFormatError`` naming the file, the line
-and the fix: no tweet is ever dropped silently.
+One dataset is one table keyed by ``item_id`` (the tweet's IMGID, unique across splits). The split
+files are ``train``/``valid``/``test`` with ``.txt`` (UMT CoNLL) or ``.jsonl`` (JSON lines; both
+formats are described in ``formats``); a folder holding both is refused. The entity types are read
+from the training split (``labels.LabelSet``). Every reader either returns all the data of a file
+or raises ``DataFormatError`` naming the file, the line and the fix: no tweet is ever dropped
+silently.
 """
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataFormatError, MissingInput, UnsafeItemId
-from .labels import ALIASES, TypeNames, parse_tag
+from .formats import Tweet, check_item_id, check_types, read_jsonl, read_lines, read_umt
+from .labels import LabelSet, TagReader
 
 SPLITS = ("train", "valid", "test")
+FORMATS = {"umt": ".txt", "jsonl": ".jsonl"}  # split file extension of each format
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".JPG", ".JPEG", ".PNG")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-
-@dataclass(frozen=True)
-class Tweet:
-    """One example: tokens, internal BIO tags (MISC for OTHER), and where it came from."""
-
-    item_id: str
-    tokens: tuple[str, ...]
-    tags: tuple[str, ...]
-    split: str = ""
-    line: int = 0
 
 
 @dataclass
 class Dataset:
-    """All splits of one dataset, plus the optional image views (captions, image files)."""
+    """All splits of one dataset, its label set, plus the optional image views (captions, image
+    files)."""
 
     name: str
     root: Path
     splits: dict[str, list[Tweet]]
-    type_names: TypeNames = field(default_factory=TypeNames)
+    labels: LabelSet = field(default_factory=LabelSet)
     captions: dict[str, str] | None = None
     images: dict[str, Path] | None = None
+    format: str = "umt"
+
+    @property
+    def type_names(self) -> LabelSet:
+        """The label set under its old name (callers that only map type names)."""
+        return self.labels
 
     def tweets(self, split: str | None = None) -> list[Tweet]:
         if split is not None:
@@ -48,110 +47,6 @@ class Dataset:
 
     def item_ids(self, split: str | None = None) -> list[str]:
         return [t.item_id for t in self.tweets(split)]
-
-
-def check_item_id(item_id: str, where: str = "") -> str:
-    """Refuse ids that are paths (``../x``, ``/etc/passwd``, ``a/b``): an IMGID is a file name."""
-    if not _SAFE_ID.match(item_id) or item_id in (".", ".."):
-        prefix = f"{where}: " if where else ""
-        raise UnsafeItemId(
-            f"{prefix}IMGID {item_id!r} is not a plain name (letters, digits, '_', '-', '.'; "
-            "no '/' or leading '.'); fix the IMGID line")
-    return item_id
-
-
-def read_lines(path: Path) -> list[str]:
-    """The file's lines without line endings; a clear error for a missing, empty or non-UTF-8 file."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInput(f"{path}: file not found; check --data-dir")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataFormatError(path, line, f"byte 0x{raw[err.start]:02x} is not valid UTF-8; "
-                              "re-encode the file as UTF-8") from None
-    if not text.strip():
-        raise DataFormatError(path, None, "file is empty; expected IMGID:<id> lines followed by "
-                              "token<TAB>tag lines")
-    return text.lstrip("\ufeff").split("\n")
-
-
-def read_umt(path, split: str = "") -> list[Tweet]:
-    """Read one UMT CoNLL file: ``IMGID:<id>``, then ``token<TAB>tag`` lines, blank between tweets.
-
-    Handles a missing final blank line, tokens that are whitespace (U+00A0: only the tab
-    separates), CRLF endings, and keeps orphan ``I-`` tags as they are. Tags are returned with the
-    internal type names (OTHER -> MISC).
-    """
-    path = Path(path)
-    tweets: list[Tweet] = []
-    seen: dict[str, int] = {}
-    current: tuple[str, int] | None = None
-    tokens: list[str] = []
-    tags: list[str] = []
-
-    def close(lineno: int) -> None:
-        if current is None:
-            return
-        if not tokens:
-            raise DataFormatError(path, current[1], f"IMGID {current[0]} has no token lines; "
-                                  "remove the IMGID line or add its tokens")
-        tweets.append(Tweet(current[0], tuple(tokens), tuple(tags), split, current[1]))
-
-    for lineno, line in enumerate(read_lines(path), start=1):
-        line = line.rstrip("\r")
-        if line.startswith("IMGID:"):
-            close(lineno)
-            item_id = check_item_id(line[6:].strip(), f"{path}:{lineno}")
-            if item_id in seen:
-                raise DataFormatError(path, lineno, f"duplicate IMGID {item_id} (first at line "
-                                      f"{seen[item_id]}); each tweet of a split needs its own IMGID")
-            seen[item_id] = lineno
-            current, tokens, tags = (item_id, lineno), [], []
-        elif line.strip(" ") == "":  # only ASCII blanks: a U+00A0 token line is data
-            close(lineno)
-            current = None
-        else:
-            if current is None:
-                raise DataFormatError(path, lineno, f"token line {line[:40]!r} before any IMGID "
-                                      "line; every tweet starts with IMGID:<id>")
-            token, sep, tag = line.rpartition("\t")
-            if not sep:
-                raise DataFormatError(path, lineno, f"no tab in {line[:40]!r}; expected "
-                                      "token<TAB>tag")
-            if token == "":
-                raise DataFormatError(path, lineno, f"empty token before tag {tag!r}; expected "
-                                      "token<TAB>tag")
-            parsed = parse_tag(tag.strip())
-            if isinstance(parsed, str):
-                raise DataFormatError(path, lineno, parsed)
-            prefix, etype = parsed
-            tokens.append(token)
-            tags.append("O" if prefix == "O" else f"{prefix}-{etype}")
-    close(0)
-    if not tweets:
-        raise DataFormatError(path, None, "no IMGID:<id> line found; is this a UMT CoNLL file?")
-    return tweets
-
-
-def dataset_type_names(paths) -> TypeNames:
-    """``OTHER`` if the files spell the fourth type that way, else ``MISC``; both at once is an error."""
-    first: tuple[str, Path, int] | None = None
-    for path in paths:
-        for lineno, line in enumerate(read_lines(path), start=1):
-            if "\t" not in line:
-                continue
-            for name in ("MISC", *ALIASES):
-                if not line.rstrip("\r ").endswith(f"-{name}"):
-                    continue
-                if first is None:
-                    first = (name, path, lineno)
-                elif first[0] != name:
-                    raise DataFormatError(path, lineno, f"the fourth entity type is spelled {name} "
-                                          f"here but {first[0]} at {first[1]}:{first[2]}; use one name")
-    return TypeNames(misc=first[0] if first else "MISC")
 
 
 def read_captions(path) -> dict[str, str]:
@@ -214,29 +109,68 @@ def default_image_dir(data_dir) -> Path | None:
     return path if path.is_dir() else None
 
 
+def split_files(root: Path, splits=SPLITS) -> tuple[str, list[Path]]:
+    """The format (``umt`` or ``jsonl``) of the dataset in ``root`` and its split files."""
+    found = {fmt: [root / f"{s}{ext}" for s in splits if (root / f"{s}{ext}").is_file()]
+             for fmt, ext in FORMATS.items()}
+    if found["umt"] and found["jsonl"]:
+        names = ", ".join(p.name for p in found["umt"] + found["jsonl"])
+        raise DataFormatError(root, None, f"the folder holds split files in two formats ({names})",
+                              hint="keep either the .txt (UMT) or the .jsonl files")
+    fmt = "jsonl" if found["jsonl"] else "umt"
+    for name in splits:
+        path = root / f"{name}{FORMATS[fmt]}"
+        if not path.is_file():
+            expected = ", ".join(f"{s}{FORMATS[fmt]}" for s in splits)
+            raise MissingInput(f"file not found; the data folder must hold {expected}",
+                               path=path, setting="data_dir")
+    return fmt, [root / f"{name}{FORMATS[fmt]}" for name in splits]
+
+
+def image_refs(tweets) -> dict[str, str]:
+    """Item id -> the id its image and caption are filed under (the JSON lines ``image`` field
+    without its extension, else the item id)."""
+    refs = {}
+    for tweet in tweets:
+        ref = tweet.image or tweet.item_id
+        stem, ext = os.path.splitext(ref)
+        refs[tweet.item_id] = stem if ext in IMAGE_EXTENSIONS else ref
+    return refs
+
+
 def load_dataset(data_dir, captions=None, image_dir=None, splits=SPLITS) -> Dataset:
-    """Read ``train.txt``/``valid.txt``/``test.txt`` of ``data_dir`` and the optional image views."""
+    """Read the splits of ``data_dir`` (``.txt`` UMT or ``.jsonl``), their label set (the types
+    of the training split) and the optional image views."""
     root = Path(data_dir)
     if not root.is_dir():
-        raise MissingInput(f"{root}: data directory not found; pass --data-dir with a folder "
-                           "holding train.txt, valid.txt and test.txt")
-    paths = [root / f"{name}.txt" for name in splits]
-    for path in paths:
-        if not path.is_file():
-            raise MissingInput(f"{path}: file not found; --data-dir must hold "
-                               + ", ".join(f"{s}.txt" for s in splits))
-    tables = {name: read_umt(path, name) for name, path in zip(splits, paths)}
+        raise MissingInput("data directory not found", path=root, setting="data_dir",
+                           hint="give a folder holding train, valid and test split files")
+    fmt, files = split_files(root, splits)
+    paths = dict(zip(splits, files))
+    read, reader = (read_jsonl if fmt == "jsonl" else read_umt), TagReader()
+    tables = {name: read(path, name, reader) for name, path in paths.items()}
     owner: dict[str, str] = {}
     for name, tweets in tables.items():
         for tweet in tweets:
             if tweet.item_id in owner:
-                raise DataFormatError(root / f"{name}.txt", tweet.line,
-                                      f"IMGID {tweet.item_id} is also in {owner[tweet.item_id]}.txt; "
-                                      "an item must belong to one split")
+                raise DataFormatError(paths[name], tweet.line,
+                                      f"{'IMGID' if fmt == 'umt' else 'id'} {tweet.item_id} is "
+                                      f"also in "
+                                      f"{paths[owner[tweet.item_id]].name}; an item must belong "
+                                      "to one split", value=tweet.item_id)
             owner[tweet.item_id] = name
-    dataset = Dataset(root.resolve().name, root, tables, dataset_type_names(paths))
+    source = tables["train"] if "train" in tables else [t for ts in tables.values() for t in ts]
+    labels = reader.label_set(t.tags for t in source)
+    for name in [n for n in tables if n != "train"]:  # no type the tagger cannot predict
+        check_types(tables[name], paths[name], labels)
+    dataset = Dataset(root.resolve().name, root, tables, labels, format=fmt)
+    refs = image_refs(dataset.tweets())
+    renamed = any(ref != item_id for item_id, ref in refs.items())
     if captions is not None:
-        dataset.captions = read_captions(captions)
+        found = read_captions(captions)
+        dataset.captions = ({i: found[r] for i, r in refs.items() if r in found} if renamed
+                            else found)
     if image_dir is not None:
-        dataset.images, _ = locate_images(image_dir, dataset.item_ids())
+        found, _ = locate_images(image_dir, dict.fromkeys(refs.values()))
+        dataset.images = {i: found[r] for i, r in refs.items() if r in found}
     return dataset

@@ -7,13 +7,14 @@ import pandas as pd
 
 from .data import Dataset
 from .errors import OutputError, writable_file
-from .labels import INTERNAL_TYPES, MODES, count_entities
+from .labels import MODES, count_entities
 
 
 def split_stats(dataset: Dataset) -> pd.DataFrame:
     """One row per split: tweets, tokens, entities per type in both modes, image and caption coverage.
 
-    Entity columns use the dataset's own type names (OTHER for TWITTER-2015). Image and caption
+    One entity column per type of the dataset's label set (the types of its training split), in
+    the dataset's own spelling (OTHER for TWITTER-2015). Image and caption
     columns are empty (``<NA>``) when no image directory / captions file was given.
     """
     rows = []
@@ -22,8 +23,8 @@ def split_stats(dataset: Dataset) -> pd.DataFrame:
         for mode in MODES:
             counts = count_entities((t.tags for t in tweets), mode)
             row[f"entities_{mode}"] = sum(counts.values())
-            for etype in INTERNAL_TYPES:
-                row[f"{dataset.type_names.type_to_dataset(etype)}_{mode}"] = counts[etype]
+            for etype in dataset.labels.types:
+                row[f"{dataset.labels.type_to_dataset(etype)}_{mode}"] = counts[etype]
         ids = [t.item_id for t in tweets]
         row.update(_coverage("images", dataset.images, ids))
         row.update(_coverage("captions", dataset.captions, ids))

@@ -27,9 +27,9 @@ def test_keeps_the_bare_nbsp_token_aligned_with_its_tag(tiny_dir):
 def test_other_is_misc_internally_and_the_dataset_keeps_its_name(tiny_dir):
     dataset = load_dataset(tiny_dir)
     assert dataset.splits["train"][1].tags[3] == "B-MISC"
-    assert dataset.type_names.misc == "OTHER"
-    assert dataset.type_names.to_dataset("I-MISC") == "I-OTHER"
-    assert "B-OTHER" not in label_list() and "B-MISC" in label_list()
+    assert dataset.labels.spelling == (("MISC", "OTHER"),)
+    assert dataset.labels.to_dataset("I-MISC") == "I-OTHER"
+    assert dataset.labels.labels == label_list() and "B-OTHER" not in label_list()
 
 
 def test_orphan_i_tags_are_kept_and_counted_by_mode(tiny_dir):
@@ -59,14 +59,16 @@ def test_first_subword_mask():
 
 @pytest.mark.parametrize("text, message", [
     ("IMGID:1\nhello O\n", "{p}:2: no tab in 'hello O'; expected token<TAB>tag"),
-    ("IMGID:1\nhello\tB-PERSON\n", "{p}:2: tag 'B-PERSON' has type 'PERSON', which is not in the "
-     "label set (PER, LOC, ORG, MISC or OTHER)"),
-    ("IMGID:1\nhello\tI-FOO\n", "{p}:2: tag 'I-FOO' has type 'FOO', which is not in the label set "
-     "(PER, LOC, ORG, MISC or OTHER)"),
     ("IMGID:1\nhello\tX-PER\n", "{p}:2: tag 'X-PER' is not in the BIO scheme (expected O, B-TYPE "
-     "or I-TYPE)"),
+     "or I-TYPE; IOBES and BILOU tags are converted)"),
     ("IMGID:1\nhello\tB\n", "{p}:2: tag 'B' is not in the BIO scheme (expected O, B-TYPE or "
-     "I-TYPE)"),
+     "I-TYPE; IOBES and BILOU tags are converted)"),
+    ("IMGID:1\nhello\tb-per\n", "{p}:2: tag 'b-per' is not in the BIO scheme (expected O, B-TYPE "
+     "or I-TYPE; IOBES and BILOU tags are converted)"),
+    ("IMGID:1\nhello\tB-\n", "{p}:2: tag 'B-' is not in the BIO scheme (expected O, B-TYPE "
+     "or I-TYPE; IOBES and BILOU tags are converted)"),
+    ("IMGID:1\nNew\tS-LOC\nYork\tU-LOC\n", "{p}:3: tag 'U-LOC' is BILOU but the tags at {p}:2 "
+     "are IOBES; use one scheme"),
     ("IMGID:1\na\tO\n\nIMGID:2\nb\tO\n\nIMGID:1\nc\tO\n",
      "{p}:7: duplicate IMGID 1 (first at line 1); each tweet of a split needs its own IMGID"),
     ("", "{p}: file is empty; expected IMGID:<id> lines followed by token<TAB>tag lines"),
@@ -139,16 +141,18 @@ def test_dataset_refuses_ids_in_two_splits_and_missing_files(tiny_dir):
     (tiny_dir / "valid.txt").unlink()
     with pytest.raises(MissingInput) as err:
         load_dataset(tiny_dir)
-    assert str(err.value) == (f"{tiny_dir / 'valid.txt'}: file not found; --data-dir must hold "
-                              "train.txt, valid.txt, test.txt")
+    assert str(err.value) == (f"{tiny_dir / 'valid.txt'}: file not found; the data folder must "
+                              "hold train.txt, valid.txt, test.txt; set data_dir")
+    assert err.value.setting == "data_dir" and "--" not in str(err.value)
 
 
 def test_both_misc_and_other_in_one_dataset_is_an_error(tiny_dir):
     (tiny_dir / "test.txt").write_text("IMGID:9\nStar\tB-MISC", encoding="utf-8")
     with pytest.raises(DataFormatError) as err:
         load_dataset(tiny_dir)
-    assert str(err.value) == (f"{tiny_dir / 'test.txt'}:2: the fourth entity type is spelled MISC "
-                              f"here but OTHER at {tiny_dir / 'train.txt'}:15; use one name")
+    assert str(err.value) == (f"{tiny_dir / 'test.txt'}:2: type MISC here but OTHER at "
+                              f"{tiny_dir / 'train.txt'}:15; OTHER and MISC are one type, spell it "
+                              "one way")
 
 
 def test_count_entities(tiny_dir):

@@ -25,11 +25,12 @@ def test_predict_tags_a_new_tweet_end_to_end(tiny_run):
                     "--caption", "a man waving at a crowd")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == "IMGID:text-1" and lines[-1] == ""
-    tokens = [line.split("\t") for line in lines[1:-1]]
+    assert lines[-1] == ""
+    tokens = [line.split(" ") for line in lines[:-1]]   # token id predicted (pipeline.outputs)
     assert [t[0] for t in tokens] == ["Obama", "visits", "#Paris", "with", "@NASA"]
+    assert {t[1] for t in tokens} == {"text-1"}
     labels = json.loads((tiny_run / "model.json").read_text())["labels"]
-    assert all(t[1].replace("OTHER", "MISC") in labels for t in tokens)
+    assert all(len(t) == 3 and t[2].replace("OTHER", "MISC") in labels for t in tokens)
     shown = [line for line in result.stderr.splitlines() if line.startswith("neighbours: ")]
     neighbours = eval(shown[0][len("neighbours: "):])  # noqa: S307 - our own printed dict
     data = tiny_run.parent.parent.parent / "tiny"
@@ -118,6 +119,6 @@ def test_region_grids_and_images_end_to_end(tiny_dir, tmp_path, tiny_encoder):
     result = invoke("predict", "--run", run, "--text", "Obama in Paris", "--image",
                     images / "101.png", "--caption", "a man on a bridge")
     assert result.exit_code == 0, result.output
-    assert len(result.stdout.splitlines()) == 5
+    assert len(result.stdout.splitlines()) == 4   # 3 token lines and the blank one
     result = invoke("predict", "--run", run, "--input", tiny_dir / "test.txt")
     assert result.stdout == (run / "predictions_test.conll").read_text()

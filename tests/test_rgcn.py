@@ -49,7 +49,7 @@ def test_a_tag_mismatch_is_refused_with_the_line(tiny_dir, tmp_path):
     (record("a", "O", "../1"), "{p}:3: IMGID '../1' is not a plain name"),
     (record("a", "O", "1", ids=" ".join(["1.png"] * 10)),
      "{p}:5: '1.png' is not an image file name '<id>.jpg'"),
-    (record("a", "B-FOO", "1"), "{p}:2: tag 'B-FOO' has type 'FOO'"),
+    (record("a", "X-FOO", "1"), "{p}:2: tag 'X-FOO' is not in the BIO scheme"),
 ])
 def test_malformed_records_name_file_and_line(tmp_path, content, message):
     path = tmp_path / "x_2.txt"

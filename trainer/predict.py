@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import InvalidConfig, MissingInput
+from pipeline.outputs import write_predictions as write_outputs
 
 from .batches import Collator, ImageInputs, encode
 from .config import TrainConfig
@@ -286,13 +287,6 @@ def predict(run_dir, examples: list[Example], device: str = "auto") -> Predictio
                       inputs.dataset.type_names, neighbours, known)
 
 
-def write_predictions(prediction: Prediction, handle) -> None:
-    """CoNLL: ``IMGID:<id>``, then ``token<TAB>[gold<TAB>]predicted`` (dataset tag names)."""
-    names = prediction.type_names
-    for example, tags in zip(prediction.examples, prediction.tags):
-        handle.write(f"IMGID:{example.item_id}\n")
-        gold = example.tags or [None] * len(tags)
-        for token, g, p in zip(example.tokens, gold, tags):
-            middle = f"{names.to_dataset(g)}\t" if g else ""
-            handle.write(f"{token}\t{middle}{names.to_dataset(p)}\n")
-        handle.write("\n")
+def write_predictions(prediction: Prediction, handle, fmt: str = "conll") -> None:
+    """CoNLL or JSON lines, as ``pipeline.outputs`` writes them (dataset tag names)."""
+    write_outputs(handle, prediction.examples, prediction.tags, prediction.type_names, fmt)

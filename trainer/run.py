@@ -3,8 +3,8 @@
 ``<artifacts>/runs/<YYYYmmdd-HHMMSS>-<slug>/`` holds: ``config.json`` (loads back with
 ``TrainConfig.from_json``), ``env.json`` (code version, packages, device), ``inputs.json`` (the
 dataset splits' and the feature/graph files' fingerprints), ``metrics.jsonl`` (one line per epoch),
-``results.json`` (best epoch, valid and test scores, wall time), ``predictions_<split>.conll``
-(``IMGID:<id>`` lines then ``token<TAB>gold<TAB>predicted`` in the dataset's tag names),
+``results.json`` (best epoch, valid and test scores, wall time), ``labels.json`` (the label set),
+``predictions_<split>.conll`` (``token id gold predicted``, see ``pipeline.outputs``),
 ``model.safetensors`` + ``model.json`` + ``encoder/`` (see ``model.load_tagger``) and
 ``curve.png``. The folder is written as ``<id>.tmp`` and renamed when complete; an existing
 folder is never reused.
@@ -26,7 +26,7 @@ import torch
 from pipeline import runtime
 from pipeline.artifacts import environment, write_json
 from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput
-from pipeline.labels import label_list
+from pipeline.outputs import write_predictions_file
 from pipeline.progress import no_progress
 
 from .batches import Collator, encode
@@ -108,19 +108,6 @@ def node_table(inputs: TrainInputs, config: TrainConfig, device: torch.device):
     return inputs.image.node_table(device, config.precision)
 
 
-def write_conll(path, splits_tweets, predicted, type_names) -> None:
-    """``IMGID:<id>`` then ``token<TAB>gold<TAB>predicted`` (dataset tag names), blank between."""
-    lines = []
-    for tweet, tags in zip(splits_tweets, predicted):
-        lines.append(f"IMGID:{tweet.item_id}")
-        gold = tweet.tags or ("",) * len(tweet.tokens)
-        for token, g, p in zip(tweet.tokens, gold, tags):
-            g = type_names.to_dataset(g) + "\t" if g else ""
-            lines.append(f"{token}\t{g}{type_names.to_dataset(p)}")
-        lines.append("")
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 def plot_curve(path, history: list[dict]) -> None:
     """Train loss and valid F1 (both modes) per epoch, with matplotlib's Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -183,7 +170,7 @@ def prepare(config: TrainConfig, inputs: TrainInputs) -> Prepared:
         config = dataclasses.replace(config, model=dataclasses.replace(
             config.model, encoder=runtime.default_text_encoder(str(device))))
     tokenizer, backbone, encoder_record = load_text_backbone(config.model.encoder)
-    labels = label_list()
+    labels = inputs.dataset.labels.labels
     splits = make_splits(inputs, tokenizer, config, {t: i for i, t in enumerate(labels)})
     check_lengths(splits, tokenizer, backbone)
     node_shape = inputs.image.node_shape if config.model.uses_image else None
@@ -205,13 +192,15 @@ def logged_to(path, log=None):
 
 
 def write_records(folder: Path, prep: Prepared, inputs: TrainInputs) -> None:
-    """``config.json``, ``env.json`` (code, packages, device) and ``inputs.json`` of a run."""
+    """``config.json``, ``env.json`` (code, packages, device), ``labels.json`` and ``inputs.json``
+    of a run."""
     device = prep.device
     prep.config.to_json(folder / "config.json")
     env = environment()
     env["device"] = {"name": str(device), "threads": torch.get_num_threads(),
                      "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
     write_json(folder / "env.json", env)
+    write_json(folder / "labels.json", inputs.dataset.labels.to_json())
     write_json(folder / "inputs.json", inputs.record(
         truncated_words={n: s.encoded.truncated_words for n, s in prep.splits.items()}))
 
@@ -245,8 +234,8 @@ def train_run(config: TrainConfig, inputs: TrainInputs, progress=no_progress,
     for name in ("valid", "test"):
         result = evaluate(model, splits[name], device, table, config.optim.eval_batch_size,
                           config.precision, inputs.dataset.type_names)
-        write_conll(tmp / f"predictions_{name}.conll", inputs.dataset.splits[name], result.tags,
-                    inputs.dataset.type_names)
+        write_predictions_file(tmp / f"predictions_{name}.conll", inputs.dataset.splits[name],
+                               result.tags, inputs.dataset.labels)
         scores[name] = result.scores
     save_tagger(model.cpu(), prep.tokenizer, tmp, prep.encoder_record, config.checkpoint)
     plot_curve(tmp / "curve.png", outcome.history)
