@@ -26,6 +26,7 @@ from pathlib import Path
 
 
 from . import features as fs
+from . import store
 from .artifacts import environment, fingerprint, ids_fingerprint
 from .data import Dataset, load_dataset
 from .encoders import EncoderSpec, encoder_fingerprint, resolve_device, resolve_encoder
@@ -100,7 +101,7 @@ class Job:
     space: str
     encoder: dict          # {"spec": ..., "weights_sha256": ...}
     config: dict
-    inputs_sha256: str
+    inputs: dict           # recorded data inputs: {name: {"sha256", "path"?}} (pipeline/store.py)
     path: Path = Path()
     needs: Path | None = None   # a file this job reads (the ImageNet probabilities of the bridge)
     fingerprint: str = ""
@@ -115,12 +116,6 @@ def tweet_text(tokens, drop_urls: bool) -> str:
 
 def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def _image_inputs(dataset: Dataset) -> str:
-    images = dataset.images or {}
-    return _sha([[i, images[i].name, images[i].stat().st_size] if i in images else [i, None]
-                 for i in dataset.item_ids()])
 
 
 def _text_config(config: ExtractConfig) -> dict:
@@ -165,13 +160,14 @@ class _Sources:
         return encoder_fingerprint(spec)
 
     @functools.cached_property
-    def image_sha(self) -> str:
-        return _image_inputs(self.dataset)
+    def image_sha(self) -> dict:
+        """The images input (their bytes' sha256, cached by path, size and mtime)."""
+        return store.data_inputs(self.dataset, ("images",), image_dir=self.config.image_dir,
+                                 digests=store.DigestCache(self.config.artifacts))
 
     @functools.cached_property
-    def caption_sha(self) -> str:
-        captions = self.dataset.captions or {}
-        return _sha([captions.get(i) for i in self.dataset.item_ids()])
+    def caption_sha(self) -> dict:
+        return store.data_inputs(self.dataset, ("captions",), captions_path=self.config.captions)
 
     def pixels(self, encoder: dict, **extra) -> dict:
         return {"preprocess": encoder["spec"]["preprocess"], "pil_draft": True, **extra}
@@ -206,7 +202,7 @@ def _global_job(src: _Sources) -> Job:
 
 
 def _text_job(src: _Sources) -> Job:
-    tweets = _sha([tweet_text(t.tokens, src.config.drop_urls) for t in src.dataset.tweets()])
+    tweets = store.text_inputs(src.dataset)
     if src.clip is not None:
         return Job("text", "tweet_text", "clip_text", src.clip["spec"]["space"], src.clip,
                    {"text": {"join": "space", "drop_urls": src.config.drop_urls,
@@ -232,15 +228,15 @@ def plan(config: ExtractConfig, dataset: Dataset, precision: str) -> list[Job]:
         jobs.append(_global_job(src))
     if "text" in wanted:
         jobs.append(_text_job(src))
-    ids_sha = ids_fingerprint(dataset.item_ids())
+    ids_sha, key = ids_fingerprint(dataset.item_ids()), store.dataset_key(dataset)
     for job in jobs:
         job.config["precision"] = precision if job.producer != "caption_objects" else "n/a"
         job.fingerprint = fingerprint({
-            "format": FORMAT_VERSION, "dataset": dataset.name, "view": job.view,
-            "source": job.source, "space": job.space, "encoder": job.encoder, "config": job.config,
-            "inputs_sha256": job.inputs_sha256, "ids_sha256": ids_sha,
+            "format": FORMAT_VERSION, "view": job.view, "source": job.source, "space": job.space,
+            "encoder": job.encoder, "config": job.config,
+            "inputs_sha256": store.inputs_digest(job.inputs), "ids_sha256": ids_sha,
             "dtype": "float16" if config.float16 else "float32"})
-        job.path = fs.file_path(config.artifacts, dataset.name, job.view, job.fingerprint)
+        job.path = fs.file_path(config.artifacts, key, job.view, job.fingerprint)
         if job.producer == "label_phrase":    # after its object_types job (planned before it)
             job.needs = next(j.path for j in jobs if j.view == "object_types")
     return jobs
@@ -249,8 +245,9 @@ def plan(config: ExtractConfig, dataset: Dataset, precision: str) -> list[Job]:
 def job_attrs(job: Job, dataset: Dataset, run: dict) -> dict:
     return {"view": job.view, "space": job.space, "source": job.source,
             "encoder": job.encoder["spec"], "weights_sha256": job.encoder["weights_sha256"],
-            "config": {**job.config, "inputs_sha256": job.inputs_sha256, "run": run},
+            "config": {**job.config, "run": run}, "inputs": job.inputs,
             "environment": environment(), "dataset": dataset.name,
+            "dataset_key": store.dataset_key(dataset),
             "fingerprint": job.fingerprint, "format_version": FORMAT_VERSION}
 
 
@@ -273,7 +270,7 @@ def run_extract(config: ExtractConfig, progress=no_progress) -> dict:
                "batch_size": config.batch_size, "workers": _workers(config)}
         run_jobs(todo, dataset, config, run, lambda job: job_attrs(job, dataset, run), progress)
     views = {job.view: _describe(job) for job in sorted(jobs, key=lambda j: VIEWS.index(j.view))}
-    manifest = fs.write_manifest(config.artifacts, dataset.name, {
+    manifest = fs.write_manifest(config.artifacts, dataset, {
         v: {k: d[k] for k in ("file", "fingerprint", "space", "source", "shape")}
         for v, d in views.items()})
     return {"dataset": dataset.name, "items": len(ids), "views": views, "manifest": str(manifest),
@@ -285,7 +282,8 @@ def _workers(config: ExtractConfig) -> int:
 
 
 def _reuse(job: Job, ids: list[str], overwrite: bool) -> bool:
-    job.reused = fs.cached(job.path, job.fingerprint, ids, overwrite)
+    job.reused = store.reusable(job.path, job.fingerprint, overwrite, stage="extract",
+                                item_ids=ids)
     return job.reused
 
 

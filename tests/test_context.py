@@ -13,6 +13,7 @@ import pytest
 from tagger_fixtures import invoke, tiny_encoder, tiny_pipeline, train_args  # noqa: F401
 from trainer.batches import encode
 from trainer.context import context_ids, tweet_words
+from conftest import TINY_KEY
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_the_text_graph_ranks_other_tweets_by_text_and_joins_the_manifest(contex
     from pipeline.graphs import load_graph_manifest, read_graph
 
     data, artifacts = context_pipeline
-    manifest = load_graph_manifest(artifacts, "tiny")
+    manifest = load_graph_manifest(artifacts, TINY_KEY)
     assert {"inter", "intra", "text"} <= set(manifest)
     graph = read_graph(manifest["text"])
     assert graph.attrs["relation"] == "text" and graph.attrs["space"].startswith("sentence:")
@@ -105,7 +106,7 @@ def test_a_context_run_trains_evaluates_and_predicts(context_pipeline, tiny_enco
     assert result.exit_code == 0, result.output
     run = next((artifacts / "runs").glob("*-tiny-text-only-ctx-inter-s1"))
     config = TrainConfig.from_json(run / "config.json")
-    manifest = json.loads((artifacts / "graphs" / "tiny" / "manifest.json").read_text())
+    manifest = json.loads((artifacts / "graphs" / TINY_KEY / "manifest.json").read_text())
     assert config.model.context == "inter" and config.features is None
     assert config.context_graph.endswith(manifest["graphs"]["inter"])
     record = json.loads((run / "inputs.json").read_text())["image"]["context"]

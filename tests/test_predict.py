@@ -9,6 +9,7 @@ import numpy as np
 from tagger_fixtures import (invoke, tiny_encoder, tiny_pipeline, tiny_run,  # noqa: F401
                              train_args)
 from trainer.batches import SHAPE_FEATURES
+from conftest import TINY_KEY
 
 
 def test_save_load_predict_gives_the_saved_tags(tiny_run, tiny_pipeline):
@@ -59,7 +60,7 @@ def test_new_tweets_get_the_vectors_of_the_feature_cache(tiny_pipeline):
     tweets = dataset.tweets("train")
     examples = [Example(f"new-{t.item_id}", t.tokens, (), dataset.captions[t.item_id])
                 for t in tweets]
-    for view, path in load_manifest(artifacts, "tiny").items():
+    for view, path in load_manifest(artifacts, TINY_KEY).items():
         cached = read_features(path)
         X, ok = view_vectors(feature_attrs(path), examples, "cpu")
         rows, valid = cached.rows([t.item_id for t in tweets])

@@ -12,6 +12,7 @@ import pytest
 from tagger_fixtures import (invoke, tiny_encoder, tiny_pipeline, tiny_run,  # noqa: F401
                              train_args)
 from trainer.config import ModelConfig, OptimConfig, TrainConfig
+from conftest import TINY_KEY
 
 
 def test_config_round_trips_and_refuses_bad_values(tmp_path):
@@ -56,7 +57,7 @@ def test_train_writes_a_complete_run(tiny_run, tiny_pipeline):
     assert set(epochs[0]["valid"]) == {"conlleval", "strict"}
     assert (tiny_run / "curve.png").read_bytes()[:4] == b"\x89PNG"
     record = json.loads((tiny_run / "inputs.json").read_text())
-    manifest = json.loads((artifacts / "graphs" / "tiny" / "manifest.json").read_text())["graphs"]
+    manifest = json.loads((artifacts / "graphs" / TINY_KEY / "manifest.json").read_text())["graphs"]
     assert record["image"]["inter"]["path"].endswith(manifest["inter"])
     with h5py.File(record["image"]["intra"]["path"]) as h5:
         assert record["image"]["intra"]["fingerprint"] == h5.attrs["fingerprint"]
@@ -158,13 +159,13 @@ def test_graphs_of_both_pools_live_side_by_side_and_a_wrong_pool_is_refused(
     result = invoke("build-graphs", "--data-dir", data, "--artifacts", copy, "--k", 3, "--pool",
                     "train", "--quiet")
     assert result.exit_code == 0, result.output
-    graphs = json.loads((copy / "graphs" / "tiny" / "manifest.json").read_text())["graphs"]
+    graphs = json.loads((copy / "graphs" / TINY_KEY / "manifest.json").read_text())["graphs"]
     assert set(graphs) == {"inter@train", "intra@train"}
     result = invoke(*train_args(data, copy, tiny_encoder))
     assert result.exit_code == 1
     assert result.output == (f"Error: no inter graph for tiny in {copy}; run `python cli.py "
                              f"build-graphs --data-dir {data}` first\n")
-    inter = copy / "graphs" / "tiny" / graphs["inter@train"]
+    inter = copy / "graphs" / TINY_KEY / graphs["inter@train"]
     result = invoke(*train_args(data, copy, tiny_encoder, "--inter-graph", inter, "--no-intra"))
     assert result.exit_code == 1
     assert result.output == (f"Error: {inter}: built over pool 'train' but this run uses pool "

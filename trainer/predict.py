@@ -171,11 +171,10 @@ def _neighbours(relation: str, entry: dict, new: list[Example], k: int, device: 
     if attrs.get("source", "ours") != "ours" or attrs.get("ranking", "cosine") != "cosine":
         raise InvalidConfig(f"{entry['path']}: neighbours of new tweets can be computed only for "
                             "cosine-ranked graphs built by build-graphs; tag dataset items instead")
-    folder = Path(entry["path"]).parents[2] / "features" / graph.attrs["dataset"]
-    from pipeline.graphs import VIEWS
-
+    folder = Path(entry["path"]).parents[2] / "features" / Path(entry["path"]).parent.name
     query_view, pool_view = VIEWS[relation]
-    files = {v: folder / graph.attrs["inputs"][v]["file"] for v in (query_view, pool_view)}
+    files = {v: folder / graph.attrs["inputs"][f"features:{v}"]["file"]
+             for v in (query_view, pool_view)}
     for view, path in files.items():
         if not path.is_file():
             raise MissingInput(f"{path}: the {view} features the {relation} graph was built from "
