@@ -156,7 +156,7 @@ def update_graph_manifest(artifacts, dataset, built: dict[str, Path]) -> Path:
     """Record the graphs just built (``name -> file``) in the dataset's manifest, keeping others."""
     key = dataset_key(dataset)
     return update_manifest(manifest_path(artifacts, key), "graphs",
-                           {name: {"file": Path(file).name} for name, file in built.items()},
+                           {name: Path(file).name for name, file in built.items()},
                            dataset=dataset.name, key=key)
 
 

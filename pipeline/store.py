@@ -216,11 +216,15 @@ def data_inputs(dataset, names, *, captions_path=None, image_dir=None, digests=N
             out[file] = {"sha256": split_sha(dataset.splits[split])}
     if "captions" in names and dataset.captions is not None:
         out["captions"] = {"sha256": captions_sha(dataset.captions, ids),
-                           "path": None if captions_path is None else str(captions_path)}
+                           "path": _resolved(captions_path)}
     if "images" in names and dataset.images is not None:
         out["images"] = {"sha256": images_sha(dataset.images, ids, digests or DigestCache()),
-                         "path": None if image_dir is None else str(image_dir)}
+                         "path": _resolved(image_dir)}
     return out
+
+
+def _resolved(path) -> str | None:
+    return None if path is None else str(Path(path).resolve())
 
 
 def text_inputs(dataset) -> dict:
@@ -275,9 +279,9 @@ def check_inputs(recorded: dict, current: CurrentInputs, *, path, stage: str, re
     recorded artefact inputs missing from it are not checked. ``StaleArtifact.input`` names the
     first changed input; ``rerun`` is the stage to run again (``build-graphs`` when only an
     upstream artefact changed)."""
-    for name, entry in sorted((recorded or {}).items()):
-        if not isinstance(entry, dict):
-            continue
+    entries = [(name, entry) for name, entry in sorted((recorded or {}).items())
+               if isinstance(entry, dict)]
+    for name, entry in sorted(entries, key=lambda item: ":" in item[0]):     # data inputs first
         if ":" in name:
             now = (upstream or {}).get(name)
             if now is not None and now != entry.get("sha256", entry.get("fingerprint")):

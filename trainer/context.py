@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import store
 from pipeline.errors import CacheMismatch
 from pipeline.graph_store import read_graph
 
@@ -63,10 +62,6 @@ def tweet_words(dataset) -> dict[str, list[str]]:
 
 
 def check_graph(graph, path, dataset: Dataset, pool: str) -> None:
-    key = graph.attrs.get("dataset_key")
-    if key is not None and key != store.dataset_key(dataset):
-        raise CacheMismatch(f"built for dataset {key}, not {store.dataset_key(dataset)}",
-                            path=path, rerun="build-graphs")
     if graph.attrs.get("pool") != pool:
         raise CacheMismatch(f"built over pool '{graph.attrs.get('pool')}' but this run uses "
                             f"pool '{pool}'", path=path, value=pool, setting="pool",

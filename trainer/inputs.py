@@ -238,5 +238,4 @@ def _check_fingerprint(path: Path, expected: str, run_dir: Path, name: str) -> N
     if found != expected:
         raise store.StaleArtifact(f"changed since run {run_dir.name} was trained (fingerprint "
                                   f"{str(found)[:12]}, recorded {str(expected)[:12]})",
-                                  input=name, path=path, rerun="train",
-                                  hint="restore it or train again")
+                                  input=name, path=path, hint="restore it or train again")

@@ -163,7 +163,7 @@ def _normalised(X: np.ndarray, ok: np.ndarray):
 def _neighbours(relation: str, entry: dict, new: list[Example], k: int, device: str):
     """Pool ids (best first, None where missing) and scores of new examples in one relation."""
     from pipeline.features import read_features
-    from pipeline.graphs import read_graph
+    from pipeline.graphs import VIEWS, read_graph
     from pipeline.search import search
 
     graph = read_graph(entry["path"])
