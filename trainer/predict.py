@@ -44,13 +44,29 @@ class Prediction:
     type_names: object
     neighbours: list[dict] = field(default_factory=list)   # per example: {"inter": [ids], ...}
     known: int = 0                             # examples that are items of the run's dataset
+    notes: list[str] = field(default_factory=list)   # what the caller must be told (bad images)
 
 
 def text_example(text: str, caption: str | None = None, image=None) -> Example:
     tokens = tuple(text.split())
     if not tokens:
-        raise InvalidConfig("--text is empty; give the tweet's words separated by spaces")
+        raise InvalidConfig("the text to tag is empty; give the tweet's words separated by "
+                            "spaces", value=text)
+    if image is not None and not Path(image).is_file():
+        raise MissingInput("image file not found", path=image, setting="image")
     return Example("text-1", tokens, (), caption, Path(image) if image else None)
+
+
+def image_notes(examples: list[Example]) -> tuple[list[str], dict[int, str]]:
+    """Notes on the given images that cannot be used (empty, not an image, truncated), and the
+    reason per example index: such an example is tagged without its image, never silently."""
+    from pipeline.images import image_problem
+
+    reasons = {i: image_problem(e.image) for i, e in enumerate(examples) if e.image is not None}
+    reasons = {i: r for i, r in reasons.items() if r}
+    notes = [f"{examples[i].item_id}: image {examples[i].image} is not usable ({reason}); "
+             "tagged without it" for i, reason in reasons.items()]
+    return notes, reasons
 
 
 def file_examples(path, captions=None, image_dir=None) -> list[Example]:
@@ -104,8 +120,8 @@ def view_vectors(attrs: dict, examples: list[Example], device: str = "cpu"):
         return _sentence(spec["name"], config, device).encode(texts), ok
     if source == "caption":
         if any(e.image is not None and e.caption is None for e in examples):
-            raise InvalidConfig(f"this run's {view} features come from captions; give --caption "
-                                "(or --captions for a file), not --image")
+            raise InvalidConfig(f"this run's {view} features come from captions, not image "
+                                "files; give a caption instead of an image", setting="caption")
         captions = [e.caption or "" for e in examples]
         if view == "object_types":
             X = caption_object_matrix(captions, config.get("counts", False))
@@ -115,8 +131,8 @@ def view_vectors(attrs: dict, examples: list[Example], device: str = "cpu"):
     if source not in ("image", "imagenet_labels"):
         raise InvalidConfig(f"features from source {source!r} cannot be computed for new tweets")
     if any(e.caption is not None and e.image is None for e in examples):
-        raise InvalidConfig(f"this run's {view} features come from image files; give --image "
-                            "(or --image-dir for a file), not --caption")
+        raise InvalidConfig(f"this run's {view} features come from image files, not captions; "
+                            "give an image instead of a caption", setting="image")
     model_spec = config["labeller"]["spec"] if source == "imagenet_labels" else spec
     model = load_encoder(model_spec["name"], device)
     images, ok = _pixels(examples, model_spec)
@@ -257,17 +273,20 @@ def predict(run_dir, examples: list[Example], device: str = "auto") -> Predictio
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
-        raise MissingInput(f"{run_dir}: not a run folder (no config.json); pass a folder under "
-                           "<artifacts>/runs/")
+        raise MissingInput("not a run folder (no config.json)", path=run_dir,
+                           hint="a run folder is one under <artifacts>/runs/")
     if not examples:
         raise InvalidConfig("nothing to tag: the input has no tweets")
     config = TrainConfig.from_json(run_dir / "config.json")
     torch_device = resolve_device(device)
     model, tokenizer, meta = load_tagger(run_dir, torch_device)
     inputs = inputs_from_record(run_dir, config)
+    notes, bad = image_notes(examples)
     image, neighbours, known = None, [{} for _ in examples], 0
     if config.model.uses_image:
         image, neighbours, known = image_inputs_for(examples, inputs, config, str(torch_device))
+    for i, reason in bad.items():
+        neighbours[i]["image"] = f"invalid: {reason}"
     context = None
     if config.model.context != "none":
         words = tweet_words(inputs.dataset)
@@ -288,7 +307,7 @@ def predict(run_dir, examples: list[Example], device: str = "auto") -> Predictio
     result = evaluate(model, Split("predict", encoded, collator, gold), torch_device, table,
                       config.optim.eval_batch_size, config.precision, inputs.dataset.type_names)
     return Prediction(examples, result.tags, result.scores if labelled else None,
-                      inputs.dataset.type_names, neighbours, known)
+                      inputs.dataset.type_names, neighbours, known, notes)
 
 
 def write_predictions(prediction: Prediction, handle) -> None:
