@@ -154,8 +154,22 @@ def dataset_type_names(paths) -> TypeNames:
     return TypeNames(misc=first[0] if first else "MISC")
 
 
+def caption_item_id(name: str, path, lineno: int | None) -> str:
+    """The item id of an image file name in a captions file (``123.jpg`` -> ``123``); a name with
+    a folder part (``../x/123.jpg``) is refused, never cut to its stem."""
+    name = name.strip()
+    if "/" in name or "\\" in name:
+        raise DataFormatError(path, lineno, f"image name {name[:60]!r} has a folder part; "
+                              "captions name image files (<id>.jpg)", value=name)
+    stem, dot, ext = name.rpartition(".")
+    item_id = stem if dot and f".{ext}" in IMAGE_EXTENSIONS else name
+    return check_item_id(item_id, f"{path}:{lineno}" if lineno else str(path))
+
+
 def read_captions(path) -> dict[str, str]:
-    """Read ``<id>.jpg :<caption>`` lines. Empty captions are kept as ``""`` (reported, not lost)."""
+    """Read ``<id>.jpg :<caption>`` lines. Empty captions are kept as ``""`` (reported, not lost).
+
+    Other formats go through ``pipeline.image_text.read_image_text`` (JSON, JSON lines)."""
     path = Path(path)
     captions: dict[str, str] = {}
     for lineno, line in enumerate(read_lines(path), start=1):
@@ -166,8 +180,7 @@ def read_captions(path) -> dict[str, str]:
         if not sep:
             raise DataFormatError(path, lineno, f"no ' :' in {line[:40]!r}; expected "
                                   "'<id>.jpg :<caption>'")
-        item_id = check_item_id(Path(name.strip()).stem if "." in name else name.strip(),
-                                f"{path}:{lineno}")
+        item_id = caption_item_id(name, path, lineno)
         if item_id in captions:
             raise DataFormatError(path, lineno, f"second caption for {name.strip()}; keep one line "
                                   "per image")
@@ -179,11 +192,17 @@ def image_path(image_dir, item_id: str) -> Path | None:
     """The image file of ``item_id`` in ``image_dir`` (``.jpg`` first, other extensions too)."""
     check_item_id(item_id)
     root = os.path.normpath(os.path.abspath(image_dir))
+    real_root = os.path.realpath(root)
     for ext in IMAGE_EXTENSIONS:
         candidate = os.path.normpath(os.path.join(root, item_id + ext))
         if os.path.dirname(candidate) != root:
-            raise UnsafeItemId(f"IMGID {item_id!r} resolves outside {image_dir}; fix the IMGID")
-        if os.path.isfile(candidate):
+            raise UnsafeItemId(f"IMGID {item_id!r} resolves outside {image_dir}", value=item_id)
+        real = os.path.realpath(candidate)       # a symbolic link is judged by where it points
+        if os.path.commonpath([real, real_root]) != real_root:
+            raise UnsafeItemId(f"the image of {item_id} is a link to {real}, outside the image "
+                               "folder", path=candidate, value=item_id,
+                               hint="copy the image into the folder or remove the link")
+        if os.path.isfile(real):
             return Path(candidate)
     return None
 

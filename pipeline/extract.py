@@ -274,7 +274,20 @@ def run_extract(config: ExtractConfig, progress=no_progress) -> dict:
         v: {k: d[k] for k in ("file", "fingerprint", "space", "source", "shape")}
         for v, d in views.items()})
     return {"dataset": dataset.name, "items": len(ids), "views": views, "manifest": str(manifest),
-            "seconds": round(time.perf_counter() - start, 2)}
+            "coverage": coverage(dataset), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def coverage(dataset: Dataset) -> dict:
+    """Captions and images against the tweets: how many tweets have none, and how many captions
+    name an image no tweet has (counted, never ignored silently)."""
+    ids, out = set(dataset.item_ids()), {}
+    if dataset.captions is not None:
+        unused = sorted(set(dataset.captions) - ids)
+        out["captions"] = {"missing": len(ids - set(dataset.captions)), "unused": len(unused),
+                           "unused_examples": unused[:5]}
+    if dataset.images is not None:
+        out["images"] = {"missing": len(ids - set(dataset.images))}
+    return out
 
 
 def _workers(config: ExtractConfig) -> int:
@@ -315,6 +328,12 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(f"  {view:<13} {state:<8} {d['space']} ({d['source']}) shape "
                      f"{'x'.join(map(str, d['shape']))}: valid {d['valid']}, invalid: {invalid}")
         lines.append(f"  {'':<13} {d['path']}")
+    for source, counts in summary.get("coverage", {}).items():
+        line = f"{source}: {counts['missing']} tweets have none"
+        if counts.get("unused"):
+            line += (f"; {counts['unused']} name images no tweet has (e.g. "
+                     f"{', '.join(counts['unused_examples'])}): not used")
+        lines.append(line)
     lines.append(f"manifest: {summary['manifest']}")
     return lines
 
