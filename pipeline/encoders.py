@@ -6,14 +6,20 @@ preprocessing that goes with the weights. Names resolve as:
 
 - a registered name (``minilm-l6``, ``bert-base-uncased``, ...);
 - an existing local folder (a Hugging Face model folder) or file (a checkpoint);
-- ``hf:<repo id>`` for any Hugging Face encoder in the user's cache.
+- a Hugging Face id as users write it (``roberta-large``, ``org/model``), or ``hf:<repo id>``.
 
-Anything else raises ``UnknownEncoder`` listing the valid names.
+Anything else raises ``UnknownEncoder`` listing the valid names. A hub id that is not in the
+local cache while the hub is off (``HF_HUB_OFFLINE``) or unreachable fails at once with one line
+saying how to provide the weights (no minute of retries, no empty ``.tmp`` files).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import re
+import socket
+from urllib.parse import urlparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,6 +27,7 @@ from typing import Callable
 from .errors import MissingInput, UnknownEncoder
 
 REGISTRY: dict[str, "EncoderSpec"] = {}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
 
 @dataclass(frozen=True)
@@ -105,13 +112,15 @@ def get_spec(name: str, modality: str | None = None) -> EncoderSpec:
         spec = _transport_copy_spec(Path(path)) or EncoderSpec(
             name=name, modality=modality or "text", library="transformers", identifier=path,
             space=f"sentence:{path}")
-    elif name.startswith("hf:") and len(name) > 3:
+    elif (name.startswith("hf:") and _HUB_ID.match(name[3:])) or (
+            modality in (None, "text") and _HUB_ID.match(name) and ":" not in name):
+        repo = name[3:] if name.startswith("hf:") else name
         spec = EncoderSpec(name=name, modality="text", library="transformers",
-                           identifier=name[3:], space=f"sentence:{name[3:]}")
+                           identifier=repo, space=f"sentence:{repo}")
     else:
         raise UnknownEncoder(f"unknown encoder {name!r}; use one of "
                              f"{', '.join(encoder_names(modality))}, a local folder or file, "
-                             "or hf:<hugging face id>")
+                             "or a Hugging Face id", value=name)
     return _check_modality(name, spec, modality)
 
 
@@ -185,16 +194,57 @@ def load_text_backbone(name: str, dtype=None):
 
     spec = get_spec(name, "text")
     location = model_location(spec)
+    local = Path(location).exists() or hub_cached(location)
+    if not local:
+        check_hub_reachable(name, location)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModel.from_pretrained(location, **({"dtype": dtype} if dtype else {}))
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local)
+        model = AutoModel.from_pretrained(location, local_files_only=local,
+                                          **({"dtype": dtype} if dtype else {}))
     except OSError as err:
         raise MissingInput(f"cannot load text encoder {name!r} from {location}: "
-                           f"{str(err).splitlines()[0]}; without a model hub use minilm-l6 or a "
-                           "local folder") from None
+                           f"{str(err).splitlines()[0]}", value=name,
+                           hint=_WEIGHTS_HINT) from None
     record = {"spec": spec.as_dict(), "location": location,
               "weights_sha256": weights_fingerprint(location)}
     return tokenizer, model, record
+
+
+_WEIGHTS_HINT = ("download the model where there is network (huggingface-cli download <id>) and "
+                 "copy the Hugging Face cache, or give a local model folder, or use minilm-l6")
+
+
+def hub_offline() -> bool:
+    """True when Hugging Face downloads are switched off (``HF_HUB_OFFLINE`` and the like)."""
+    flags = (os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f.strip().upper() in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+def hub_cached(repo: str) -> bool:
+    """True when the hub model ``repo`` has a config in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:          # optional: without huggingface_hub nothing is cached
+        return False
+    try:
+        found = try_to_load_from_cache(repo, "config.json")
+    except ValueError:           # not a valid repo id
+        return False
+    return isinstance(found, str)
+
+
+def check_hub_reachable(name: str, repo: str, timeout: float = 3.0) -> None:
+    """``MissingInput`` at once when ``repo`` must be downloaded but the hub is off or cannot be
+    reached (one connection attempt of ``timeout`` seconds instead of a minute of retries)."""
+    if not hub_offline():
+        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            return
+        except OSError:
+            pass
+    raise MissingInput(f"encoder {name!r} ({repo}) is not in the local Hugging Face cache and "
+                       "the hub is offline or unreachable", value=name, hint=_WEIGHTS_HINT)
 
 
 # ---- image and image+text encoders ----------------------------------------------------------
