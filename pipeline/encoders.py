@@ -409,8 +409,9 @@ def autocast(device: str, precision: str):
 class SentenceEncoder:
     """A transformers text encoder giving mean-pooled, L2-normalised sentence vectors.
 
-    ``encode(texts) -> float32 (n, d)``. Texts are batched by length (less padding); ``max_length``
-    word pieces are kept.
+    ``encode(texts, max_length=None) -> float32 (n, d)``. Texts are batched by length (less
+    padding); ``max_length`` word pieces are kept (the encoder's own default when None: a caller
+    never changes a shared, cached encoder).
     """
 
     def __init__(self, spec: EncoderSpec, device: str = "cpu", precision: str = "fp32",
@@ -422,16 +423,17 @@ class SentenceEncoder:
         self.dim = self.model.config.hidden_size
         self.fingerprint = {"spec": record["spec"], "weights_sha256": record["weights_sha256"]}
 
-    def encode(self, texts: list[str]):
+    def encode(self, texts: list[str], max_length: int | None = None):
         import numpy as np
         import torch
 
+        max_length = max_length or self.max_length
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
             batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+                                   max_length=max_length, return_tensors="pt").to(self.device)
             with torch.inference_mode(), autocast(self.device, self.precision):
                 states = self.model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).float()

@@ -19,7 +19,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +30,13 @@ from .artifacts import environment, fingerprint, ids_fingerprint
 from .data import Dataset, load_dataset
 from .encoders import EncoderSpec, encoder_fingerprint, resolve_device, resolve_encoder
 from .errors import InvalidConfig
+from .extract_passes import run_jobs
 from .objects import COCO_80, LEXICON
 from .progress import no_progress
+from .text import tweet_text  # noqa: F401 (re-exported: the tweet text of the text view)
 
 VIEWS = ("text", "image_global", "object_types", "region_grid")
 FORMAT_VERSION = 1
-_URL = re.compile(r"^(https?://|www\.)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -107,11 +107,6 @@ class Job:
     fingerprint: str = ""
     reused: bool = False
     notes: list[str] = field(default_factory=list)
-
-
-def tweet_text(tokens, drop_urls: bool) -> str:
-    """The tweet as the sentence encoder sees it: tokens joined by spaces (URLs dropped)."""
-    return " ".join(t for t in tokens if not (drop_urls and _URL.match(t)))
 
 
 def _sha(obj) -> str:
@@ -253,8 +248,6 @@ def job_attrs(job: Job, dataset: Dataset, run: dict) -> dict:
 
 def run_extract(config: ExtractConfig, progress=no_progress) -> dict:
     """Extract every planned view (reusing complete files); write the manifest; return a summary."""
-    from .extract_passes import run_jobs
-
     start = time.perf_counter()
     dataset = load_dataset(config.data_dir, config.captions, config.image_dir)
     device = resolve_device(config.device)

@@ -21,6 +21,7 @@ from .features import FeatureWriter, read_features
 from .images import DecodeAhead, DecodeSpec, image_batches
 from .objects import caption_object_matrix, coco_prompts, imagenet_phrase
 from .progress import no_progress
+from .text import tweet_text
 
 IMAGE_PRODUCERS = {"cnn": "cnn", "clip_image": "clip", "clip_objects": "clip"}
 
@@ -196,7 +197,6 @@ def _text_inputs(job, dataset, config, encoder):
     """(reason per row, encode(rows) -> array, width, sha per row or None) for a text job."""
     ids = dataset.item_ids()
     if job.view == "text":
-        from .extract import tweet_text
         texts = [tweet_text(t.tokens, config.drop_urls) for t in dataset.tweets()]
         reasons = ["" if text.strip() else "empty text" for text in texts]
         return (reasons, *_embedder(job, texts, config, encoder), None)
@@ -218,7 +218,7 @@ def _text_inputs(job, dataset, config, encoder):
 
 
 def _imagenet_classes() -> list[str]:
-    from .image_encoders import imagenet_classes
+    from .image_encoders import imagenet_classes   # lazy: torchvision, only for this bridge
     return imagenet_classes()
 
 
@@ -226,11 +226,9 @@ def _embedder(job, texts: list[str], config, encoder):
     """(encode(rows) -> float32 (len(rows), d), d) with the job's text model."""
     if job.producer == "clip_text":
         model = encoder(config.clip_name)
-        width = model.spec.dim
-    else:
-        model = encoder(config.text_encoder)
-        model.max_length, width = config.max_length, model.dim
-    return (lambda rows: model.encode([texts[r] for r in rows])), width
+        return (lambda rows: model.encode([texts[r] for r in rows])), model.spec.dim
+    model = encoder(config.text_encoder)
+    return (lambda rows: model.encode([texts[r] for r in rows], config.max_length)), model.dim
 
 
 def _text_job(job, writer, dataset, config, encoder, progress) -> None:

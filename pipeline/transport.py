@@ -184,7 +184,7 @@ def join_chunks(folder, remove_chunks: bool = False, chunks_dir=None,
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError) as err:
         raise MissingInput(f"{folder / MANIFEST}: cannot read the transport manifest ({err}); "
-                           "give the folder written by python -m pipeline.packaged fp16") from None
+                           "give the folder of a float16 transport copy") from None
     target = folder / manifest["weights"]
     where = Path(chunks_dir) if chunks_dir is not None else folder / manifest.get("chunks_dir", ".")
     if target.is_file() and target.stat().st_size == manifest["bytes"] and \

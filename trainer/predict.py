@@ -79,13 +79,22 @@ def file_examples(path, captions=None, image_dir=None) -> list[Example]:
             for t in read_umt(path)]
 
 
-def _sentence(name: str, config: dict, device: str):
-    from pipeline.encoders import load_encoder
+class _Sentence:
+    """A sentence encoder with the word-piece limit the feature file records (the shared
+    encoder itself is left as it is)."""
 
-    encoder = load_encoder(name, device)
-    if hasattr(encoder, "max_length"):
-        encoder.max_length = config.get("text", {}).get("max_length", encoder.max_length)
-    return encoder
+    def __init__(self, name: str, config: dict, device: str):
+        from pipeline.encoders import load_encoder
+
+        self.encoder = load_encoder(name, device)
+        self.max_length = config.get("text", {}).get("max_length")
+
+    def encode(self, texts: list[str]):
+        return self.encoder.encode(texts, self.max_length)
+
+
+def _sentence(name: str, config: dict, device: str) -> _Sentence:
+    return _Sentence(name, config, device)
 
 
 def _pixels(examples: list[Example], spec: dict):
@@ -108,7 +117,7 @@ def view_vectors(attrs: dict, examples: list[Example], device: str = "cpu"):
     """The vectors the feature file with ``attrs`` would hold for ``examples``, computed by the
     encoder and from the source it records: ``(X float32 (n, ...), ok bool (n,))``."""
     from pipeline.encoders import load_encoder
-    from pipeline.extract import tweet_text
+    from pipeline.text import tweet_text
     from pipeline.objects import caption_object_matrix, coco_prompts, imagenet_phrase
 
     view, source, spec = attrs["view"], attrs["source"], attrs["encoder"]
@@ -161,13 +170,10 @@ def feature_attrs(path: Path) -> dict:
     reading its arrays."""
     import h5py
 
+    from pipeline.store import decode_attrs
+
     with h5py.File(path, "r") as h5:
-        attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in h5.attrs.items()}
-        attrs["shape"] = list(h5["features"].shape[1:])
-    for key in ("encoder", "config", "environment"):
-        if isinstance(attrs.get(key), str):
-            attrs[key] = json.loads(attrs[key])
-    return attrs
+        return {**decode_attrs(h5.attrs), "shape": list(h5["features"].shape[1:])}
 
 
 def _normalised(X: np.ndarray, ok: np.ndarray):
