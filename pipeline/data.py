@@ -6,6 +6,8 @@ and the fix: no tweet is ever dropped silently.
 """
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -166,11 +168,69 @@ def caption_item_id(name: str, path, lineno: int | None) -> str:
     return check_item_id(item_id, f"{path}:{lineno}" if lineno else str(path))
 
 
-def read_captions(path) -> dict[str, str]:
-    """Read ``<id>.jpg :<caption>`` lines. Empty captions are kept as ``""`` (reported, not lost).
+JSON_TEXT_KEYS = ("description", "caption", "text")     # JSON lines: the image text's key
 
-    Other formats go through ``pipeline.image_text.read_image_text`` (JSON, JSON lines)."""
+
+def image_text_source(path) -> str:
+    """The name of an image-text source: its file name without ``.gz`` and the format suffix
+    (``BLIP2_17``, ``catr-captions``, ``deqa-gpt4-descriptions``)."""
+    name = Path(path).name
+    for suffix in (".gz", ".jsonl", ".json", ".txt"):
+        name = name[: -len(suffix)] if name.endswith(suffix) else name
+    return name
+
+
+def _json_text(path: Path) -> str:
+    raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataFormatError(path, None, "not valid UTF-8; re-encode the file as UTF-8") from None
+
+
+def _read_json_captions(path: Path) -> dict[str, str]:
+    """``{"<id>.jpg": "text", ...}`` (CATR) or JSON lines ``{"image_name": "<id>.jpg",
+    "description": "..."}`` (DEQA / GPT-4; ``caption`` or ``text`` also name the text)."""
+    text, captions = _json_text(path), {}
+    if ".jsonl" not in path.name:
+        try:
+            table = json.loads(text)
+        except ValueError as err:
+            raise DataFormatError(path, getattr(err, "lineno", None), f"not JSON ({err})") from None
+        if not isinstance(table, dict):
+            raise DataFormatError(path, None, 'expected one object {"<id>.jpg": "text", ...}')
+        rows = [(None, name, value) for name, value in table.items()]
+    else:
+        rows = []
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                key = next(k for k in JSON_TEXT_KEYS if k in record)
+                rows.append((lineno, record["image_name"], record[key]))
+            except (ValueError, KeyError, StopIteration, TypeError):
+                raise DataFormatError(path, lineno, 'expected {"image_name": "<id>.jpg", '
+                                      '"description": "..."}') from None
+    for lineno, name, value in rows:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise DataFormatError(path, lineno, f"image name and text must be strings: {name!r}")
+        item_id = caption_item_id(name, path, lineno)
+        if item_id in captions:
+            raise DataFormatError(path, lineno, f"second text for {name}; keep one per image")
+        captions[item_id] = value.strip()
+    return captions
+
+
+def read_captions(path) -> dict[str, str]:
+    """Image text by item id: ``<id>.jpg :<caption>`` lines (``.txt``), or JSON (``.json`` /
+    ``.json.gz``, CATR) or JSON lines (``.jsonl`` / ``.jsonl.gz``, DEQA). Empty texts are kept as
+    ``""`` (reported, not lost)."""
     path = Path(path)
+    if not path.is_file():
+        raise MissingInput("captions file not found", path=path, setting="captions")
+    if ".json" in path.name:
+        return _read_json_captions(path)
     captions: dict[str, str] = {}
     for lineno, line in enumerate(read_lines(path), start=1):
         line = line.rstrip("\r")
@@ -222,8 +282,11 @@ def locate_images(image_dir, item_ids) -> tuple[dict[str, Path], list[str]]:
 
 
 def default_captions(data_dir) -> Path | None:
-    """The single captions file under ``<data_dir>/image_captions/``, if there is exactly one."""
-    files = sorted(Path(data_dir, "image_captions").glob("*.txt"))
+    """The single image-text file under ``<data_dir>/image_captions/`` (``.txt``, ``.json``,
+    ``.jsonl``, optionally gzipped), if there is exactly one."""
+    folder = Path(data_dir, "image_captions")
+    files = sorted(p for pattern in ("*.txt", "*.json", "*.json.gz", "*.jsonl", "*.jsonl.gz")
+                   for p in folder.glob(pattern))
     return files[0] if len(files) == 1 else None
 
 

@@ -264,7 +264,7 @@ def run_extract(config: ExtractConfig, progress=no_progress) -> dict:
         run_jobs(todo, dataset, config, run, lambda job: job_attrs(job, dataset, run), progress)
     views = {job.view: _describe(job) for job in sorted(jobs, key=lambda j: VIEWS.index(j.view))}
     manifest = fs.write_manifest(config.artifacts, dataset, {
-        v: {k: d[k] for k in ("file", "fingerprint", "space", "source", "shape")}
+        v: {k: d[k] for k in ("file", "fingerprint", "space", "source", "text_source", "shape")}
         for v, d in views.items()})
     return {"dataset": dataset.name, "items": len(ids), "views": views, "manifest": str(manifest),
             "coverage": coverage(dataset), "seconds": round(time.perf_counter() - start, 2)}
@@ -307,7 +307,8 @@ def _describe(job: Job) -> dict:
             key = reason.split(":")[0] or "invalid"
             invalid[key] = invalid.get(key, 0) + 1
     return {"file": job.path.name, "path": str(job.path), "fingerprint": job.fingerprint,
-            "space": job.space, "source": job.source, "shape": shape, "reused": job.reused,
+            "space": job.space, "source": job.source,
+            "text_source": job.inputs.get("captions", {}).get("source"), "shape": shape, "reused": job.reused,
             "valid": int(valid.sum()), "invalid": dict(sorted(invalid.items())),
             "notes": job.notes}
 

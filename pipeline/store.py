@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import file_sha256, fingerprint, ids_fingerprint, write_json
-from .data import locate_images, read_captions
+from .data import image_text_source, locate_images, read_captions
 from .errors import CacheMismatch, MissingInput, StaleArtifact  # noqa: F401 (StaleArtifact: re-exported)
 
 JSON_KEYS = "json_attrs"               # the attribute naming the attributes stored as JSON
@@ -216,7 +216,8 @@ def data_inputs(dataset, names, *, captions_path=None, image_dir=None, digests=N
             out[file] = {"sha256": split_sha(dataset.splits[split])}
     if "captions" in names and dataset.captions is not None:
         out["captions"] = {"sha256": captions_sha(dataset.captions, ids),
-                           "path": _resolved(captions_path)}
+                           "path": _resolved(captions_path),
+                           "source": image_text_source(captions_path) if captions_path else None}
     if "images" in names and dataset.images is not None:
         out["images"] = {"sha256": images_sha(dataset.images, ids, digests or DigestCache()),
                          "path": _resolved(image_dir)}

@@ -73,3 +73,46 @@ def test_a_jpeg_whose_lower_half_is_missing_is_invalid_with_a_reason():
     pixels, reason = decode_bytes(cut, DecodeSpec())
     assert pixels is None and reason.startswith("truncated:")
     assert decode_bytes(data[:len(data) // 2], DecodeSpec())[1].startswith("truncated:")
+
+
+def test_image_text_comes_as_lines_json_or_json_lines(tmp_path):
+    import gzip
+    import json
+
+    from pipeline.data import image_text_source
+
+    catr = tmp_path / "catr-captions.json.gz"
+    catr.write_bytes(gzip.compress(json.dumps({"101.jpg": "a dog", "102.jpg": " a cat "}).encode()))
+    deqa = tmp_path / "deqa.jsonl"
+    deqa.write_text('{"image_name": "101.jpg", "description": "A dog."}\n\n'
+                    '{"image_name": "103.png", "description": ""}\n')
+    assert read_captions(catr) == {"101": "a dog", "102": "a cat"}
+    assert read_captions(deqa) == {"101": "A dog.", "103": ""}
+    assert [image_text_source(p) for p in (catr, deqa, tmp_path / "BLIP2_17.txt")] == [
+        "catr-captions", "deqa", "BLIP2_17"]
+    deqa.write_text('{"image_name": "../101.jpg", "description": "x"}\n')
+    with pytest.raises(DataFormatError) as err:
+        read_captions(deqa)
+    assert err.value.line == 1
+    deqa.write_text('{"image": "101.jpg"}\n')
+    with pytest.raises(DataFormatError, match="image_name"):
+        read_captions(deqa)
+
+
+def test_the_text_source_is_recorded_in_the_manifest(tmp_path, tiny_encoder):
+    import json
+
+    data = tmp_path / "tiny"
+    shutil.copytree(TINY, data)
+    lines = (data / "image_captions" / "captions.txt").read_text().splitlines()
+    table = {line.partition(" :")[0]: line.partition(" :")[2] for line in lines if line.strip()}
+    (data / "image_captions" / "captions.txt").unlink()
+    source = tmp_path / "gpt4-text.json"
+    source.write_text(json.dumps(table))
+    result = invoke("extract", "--data-dir", data, "--artifacts", tmp_path / "a",
+                    "--captions", source, "--text-encoder", tiny_encoder, "--quiet")
+    assert result.exit_code == 0, result.output
+    [manifest] = (tmp_path / "a" / "features").glob("*/manifest.json")
+    views = json.loads(manifest.read_text())["views"]
+    assert views["image_global"]["text_source"] == "gpt4-text"
+    assert views["text"]["text_source"] is None
