@@ -195,7 +195,12 @@ class ClipEncoder:
         scale = self.model.logit_scale.exp().float()
         return (scale * image_embeddings @ text_embeddings.T).softmax(-1)
 
-    def encode(self, batch) -> np.ndarray:
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def encode(self, batch, max_length: int | None = None) -> np.ndarray:
+        """Texts (``max_length`` unused: open_clip's context length applies) or images."""
         if isinstance(batch, (list, tuple)):
             return self.encode_text(batch).cpu().numpy()
         return self.encode_image(batch).cpu().numpy()

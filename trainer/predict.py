@@ -79,22 +79,12 @@ def file_examples(path, captions=None, image_dir=None) -> list[Example]:
             for t in read_umt(path)]
 
 
-class _Sentence:
-    """A sentence encoder with the word-piece limit the feature file records (the shared
-    encoder itself is left as it is)."""
+def _sentence(name: str, config: dict, device: str):
+    """The label bridge's producer: phrases through the feature file's text encoder."""
+    from pipeline.encoders import load_encoder
+    from pipeline.producers import CaptionText
 
-    def __init__(self, name: str, config: dict, device: str):
-        from pipeline.encoders import load_encoder
-
-        self.encoder = load_encoder(name, device)
-        self.max_length = config.get("text", {}).get("max_length")
-
-    def encode(self, texts: list[str]):
-        return self.encoder.encode(texts, self.max_length)
-
-
-def _sentence(name: str, config: dict, device: str) -> _Sentence:
-    return _Sentence(name, config, device)
+    return CaptionText(load_encoder(name, device), config.get("text", {}).get("max_length"))
 
 
 def _pixels(examples: list[Example], spec: dict):
@@ -117,26 +107,19 @@ def view_vectors(attrs: dict, examples: list[Example], device: str = "cpu"):
     """The vectors the feature file with ``attrs`` would hold for ``examples``, computed by the
     encoder and from the source it records: ``(X float32 (n, ...), ok bool (n,))``."""
     from pipeline.encoders import load_encoder
-    from pipeline.text import tweet_text
-    from pipeline.objects import caption_object_matrix, coco_prompts, imagenet_phrase
+    from pipeline.objects import coco_prompts, imagenet_phrase
+    from pipeline.producers import Item, text_producer
 
     view, source, spec = attrs["view"], attrs["source"], attrs["encoder"]
     config = attrs.get("config") or {}
-    if source == "tweet_text":
-        drop_urls = config.get("text", {}).get("drop_urls", True)
-        texts = [tweet_text(e.tokens, drop_urls) for e in examples]
-        ok = np.array([bool(t.strip()) for t in texts])
-        return _sentence(spec["name"], config, device).encode(texts), ok
-    if source == "caption":
-        if any(e.image is not None and e.caption is None for e in examples):
-            raise InvalidConfig(f"this run's {view} features come from captions, not image "
-                                "files; give a caption instead of an image", setting="caption")
-        captions = [e.caption or "" for e in examples]
-        if view == "object_types":
-            X = caption_object_matrix(captions, config.get("counts", False))
-            return X, X.any(axis=1)
-        ok = np.array([bool(c.strip()) for c in captions])
-        return _sentence(spec["name"], config, device).encode(captions), ok
+    if source == "caption" and any(e.image is not None and e.caption is None for e in examples):
+        raise InvalidConfig(f"this run's {view} features come from captions, not image files; "
+                            "give a caption instead of an image", setting="caption")
+    if source in ("tweet_text", "caption"):      # the producer extract used for this file
+        encoder = None if view == "object_types" else load_encoder(spec["name"], device)
+        got = text_producer(source, view, config, encoder).compute(
+            [Item(e.tokens, e.caption) for e in examples])
+        return got.vectors, got.valid
     if source not in ("image", "imagenet_labels"):
         raise InvalidConfig(f"features from source {source!r} cannot be computed for new tweets")
     if any(e.caption is not None and e.image is None for e in examples):
@@ -153,7 +136,8 @@ def view_vectors(attrs: dict, examples: list[Example], device: str = "cpu"):
         if source == "imagenet_labels":
             top = outputs.argsort(dim=-1, descending=True)[:, :config["topk"]].tolist()
             phrases = [imagenet_phrase([model.classes[c] for c in row]) for row in top]
-            outputs = _sentence(spec["name"], config, device).encode(phrases)
+            outputs = _sentence(spec["name"], config, device).compute(
+                [Item(caption=p) for p in phrases]).vectors
     elif view == "object_types":
         prompts = coco_prompts(config.get("prompt", "a photo of {}."))
         outputs = model.zero_shot(model.encode_image(images), model.encode_text(prompts))
