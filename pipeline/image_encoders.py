@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .encoders import RANDOM_SEED, EncoderSpec, autocast, encoder_fingerprint
+from .encoders import RANDOM_SEED, EncoderSpec, encoder_fingerprint
+from .precision import autocast
 from .errors import MissingInput
 
 

@@ -117,10 +117,8 @@ def decode_bytes(data: bytes, spec: DecodeSpec) -> tuple[torch.Tensor | None, st
 
 
 def _grey_filled(img: Image.Image) -> bool:
-    """True when the last row of a decoded JPEG is exactly mid-grey in every channel: what libjpeg
-    writes for the rows of a file cut short (PIL loads such a file without an error when the cut
-    data still ends in an end-of-image marker). Photographs practically never end in a row of
-    exact 128s after JPEG coding; a flat mid-grey band at the very bottom would be flagged too."""
+    """The last row is exactly mid-grey: libjpeg's fill for the rows of a file cut short (which
+    PIL loads without an error when the cut data ends in an end-of-image marker)."""
     if img.mode not in ("RGB", "L", "YCbCr") or img.height < 2:
         return False
     extrema = img.crop((0, img.height - 1, img.width, img.height)).getextrema()
@@ -140,8 +138,7 @@ def read_file(path: Path | None) -> tuple[bytes | None, str]:
 
 
 def image_problem(path) -> str:
-    """"" when ``path`` holds a decodable image, else why not (the reasons ``extract`` records:
-    "missing image", "corrupt: empty file", "truncated: ...")."""
+    """"" when ``path`` holds a decodable image, else why not (as ``extract`` records it)."""
     return decode_file(Path(path), DecodeSpec())[1]
 
 

@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 from .artifacts import environment, file_sha256
+from .encoders import get_spec, model_location, weights_fingerprint
 from .errors import CacheMismatch, CorruptInput, MissingInput
 from .progress import no_progress
 
@@ -68,7 +69,6 @@ def export_fp16(encoder: str, out, chunk_mb: float | None = None, chunks_dir=Non
     complete (written to ``<name>.tmp``). The manifest, returned, records where the chunks are,
     relative to ``out``.
     """
-    from .encoders import get_spec, model_location, weights_fingerprint
 
     if chunk_mb is not None and chunk_mb <= 0:
         raise ValueError(f"chunk_mb must be positive, got {chunk_mb}")

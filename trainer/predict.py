@@ -11,19 +11,30 @@ image node and no neighbours in that relation: masked, as in training.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.data import image_path, read_captions, read_umt
+from pipeline.encoders import load_encoder
 from pipeline.errors import InvalidConfig, MissingInput
+from pipeline.features import read_features
+from pipeline.graphs import VIEWS, read_graph
+from pipeline.images import DecodeSpec, decode_file, image_problem
+from pipeline.objects import coco_prompts, imagenet_phrase
+from pipeline.producers import CaptionText, Item, text_producer
+from pipeline.search import search
+from pipeline.store import decode_attrs
 
 from .batches import Collator, ImageInputs, encode
 from .config import TrainConfig
 from .context import context_ids, tweet_words
 from .inputs import TrainInputs, inputs_from_record
 from .loop import Split, evaluate
+from .model import load_tagger
+from .run import resolve_device
+
 
 @dataclass
 class Example:
@@ -60,8 +71,6 @@ def text_example(text: str, caption: str | None = None, image=None) -> Example:
 def image_notes(examples: list[Example]) -> tuple[list[str], dict[int, str]]:
     """Notes on the given images that cannot be used (empty, not an image, truncated), and the
     reason per example index: such an example is tagged without its image, never silently."""
-    from pipeline.images import image_problem
-
     reasons = {i: image_problem(e.image) for i, e in enumerate(examples) if e.image is not None}
     reasons = {i: r for i, r in reasons.items() if r}
     notes = [f"{examples[i].item_id}: image {examples[i].image} is not usable ({reason}); "
@@ -71,8 +80,6 @@ def image_notes(examples: list[Example]) -> tuple[list[str], dict[int, str]]:
 
 def file_examples(path, captions=None, image_dir=None) -> list[Example]:
     """The tweets of a UMT file (gold tags kept), with captions / images looked up by IMGID."""
-    from pipeline.data import image_path, read_captions, read_umt
-
     caps = read_captions(captions) if captions else {}
     return [Example(t.item_id, t.tokens, t.tags, caps.get(t.item_id),
                     image_path(image_dir, t.item_id) if image_dir else None)
@@ -81,17 +88,12 @@ def file_examples(path, captions=None, image_dir=None) -> list[Example]:
 
 def _sentence(name: str, config: dict, device: str):
     """The label bridge's producer: phrases through the feature file's text encoder."""
-    from pipeline.encoders import load_encoder
-    from pipeline.producers import CaptionText
-
     return CaptionText(load_encoder(name, device), config.get("text", {}).get("max_length"))
 
 
 def _pixels(examples: list[Example], spec: dict):
     """uint8 (n_ok, 3, S, S) images of the examples that have a decodable one, and which."""
     import torch
-
-    from pipeline.images import DecodeSpec, decode_file
 
     decode = DecodeSpec.from_preprocess(spec["preprocess"])
     images, ok = [], []
@@ -106,10 +108,6 @@ def _pixels(examples: list[Example], spec: dict):
 def view_vectors(attrs: dict, examples: list[Example], device: str = "cpu"):
     """The vectors the feature file with ``attrs`` would hold for ``examples``, computed by the
     encoder and from the source it records: ``(X float32 (n, ...), ok bool (n,))``."""
-    from pipeline.encoders import load_encoder
-    from pipeline.objects import coco_prompts, imagenet_phrase
-    from pipeline.producers import Item, text_producer
-
     view, source, spec = attrs["view"], attrs["source"], attrs["encoder"]
     config = attrs.get("config") or {}
     if source == "caption" and any(e.image is not None and e.caption is None for e in examples):
@@ -154,8 +152,6 @@ def feature_attrs(path: Path) -> dict:
     reading its arrays."""
     import h5py
 
-    from pipeline.store import decode_attrs
-
     with h5py.File(path, "r") as h5:
         return {**decode_attrs(h5.attrs), "shape": list(h5["features"].shape[1:])}
 
@@ -168,10 +164,6 @@ def _normalised(X: np.ndarray, ok: np.ndarray):
 
 def _neighbours(relation: str, entry: dict, new: list[Example], k: int, device: str):
     """Pool ids (best first, None where missing) and scores of new examples in one relation."""
-    from pipeline.features import read_features
-    from pipeline.graphs import VIEWS, read_graph
-    from pipeline.search import search
-
     graph = read_graph(entry["path"])
     attrs = graph.attrs
     if attrs.get("source", "ours") != "ours" or attrs.get("ranking", "cosine") != "cosine":
@@ -257,9 +249,6 @@ def context_for(examples: list[Example], inputs: TrainInputs, config: TrainConfi
 def predict(run_dir, examples: list[Example], device: str = "auto") -> Prediction:
     """Tag ``examples`` with the run in ``run_dir`` (see the module docstring)."""
     import torch
-
-    from .model import load_tagger
-    from .run import resolve_device
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
