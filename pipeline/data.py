@@ -270,7 +270,7 @@ def image_path(image_dir, item_id: str) -> Path | None:
 def locate_images(image_dir, item_ids) -> tuple[dict[str, Path], list[str]]:
     """Map ids to image files; also return the ids whose image is missing (in input order)."""
     if not Path(image_dir).is_dir():
-        raise MissingInput(f"{image_dir}: image directory not found; check --image-dir")
+        raise MissingInput("image directory not found", path=image_dir, setting="image_dir")
     found, missing = {}, []
     for item_id in item_ids:
         path = image_path(image_dir, item_id)

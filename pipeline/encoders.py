@@ -146,7 +146,7 @@ def _transport_copy_spec(path: Path) -> EncoderSpec | None:
 
 def _check_modality(name: str, spec: EncoderSpec, modality: str | None) -> EncoderSpec:
     if not serves(spec, modality):
-        hint = " (CLIP models go to extract --clip)" if spec.library == "open_clip" else ""
+        hint = " (a CLIP model is the clip setting)" if spec.library == "open_clip" else ""
         raise UnknownEncoder(f"encoder {name!r} is not a {modality} encoder but {spec.modality}"
                              f"{hint}; use one of {', '.join(encoder_names(modality))}")
     return spec

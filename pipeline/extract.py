@@ -69,11 +69,14 @@ class ExtractConfig:
         if unknown:
             raise InvalidConfig(f"unknown view {unknown[0]!r}; choose from {', '.join(VIEWS)}")
         if self.clip is not None and self.image_dir is None:
-            raise InvalidConfig("--clip embeds images: give --image-dir too")
+            raise InvalidConfig("a CLIP model embeds images, and no image folder is given",
+                                setting="image_dir")
         if "region_grid" in self.views and self.image_dir is None:
-            raise InvalidConfig("the region_grid view needs images: give --image-dir")
+            raise InvalidConfig("the region_grid view needs images, and no image folder is given",
+                                setting="image_dir")
         if self.image_dir is None and self.captions is None and set(self.views) - {"text"}:
-            raise InvalidConfig("image views need --image-dir or a captions file (--captions)")
+            raise InvalidConfig("image views need an image folder or a captions file",
+                                setting="image_dir")
         for name in ("batch_size", "text_batch_size", "label_topk", "max_length"):
             if getattr(self, name) < 1:
                 raise InvalidConfig(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -137,8 +140,8 @@ class _Sources:
     def sentence(self) -> dict:
         spec = resolve_encoder(self.config.text_encoder, "text")
         if spec.library != "transformers":
-            raise InvalidConfig(f"--text-encoder {self.config.text_encoder!r} is not a sentence "
-                                "encoder")
+            raise InvalidConfig(f"text encoder {self.config.text_encoder!r} is not a sentence "
+                                "encoder", value=self.config.text_encoder, setting="text_encoder")
         return encoder_fingerprint(spec)
 
     @functools.cached_property
@@ -150,8 +153,9 @@ class _Sources:
     def cnn(self) -> dict:
         spec = resolve_encoder(self.config.image_encoder, "image")
         if spec.library == "open_clip":
-            raise InvalidConfig("--image-encoder must be a CNN (efficientnet-lite0, resnet50, "
-                                "timm:<model>); give CLIP with --clip")
+            raise InvalidConfig("the image encoder must be a CNN (efficientnet-lite0, resnet50, "
+                                "timm:<model>); a CLIP model is given as the clip setting",
+                                value=self.config.image_encoder, setting="clip")
         return encoder_fingerprint(spec)
 
     @functools.cached_property

@@ -5,7 +5,7 @@
   to a caption of the image), else ``SpaceMismatch``.
 - ``intra`` (intra-modal): the ``object_types`` vector of the tweet's own image against the others'.
 - ``text`` (no image involved, built only on request): the tweet's ``text`` vector against the
-  other tweets' ``text`` vectors; the control for retrieval through images (``--context text``).
+  other tweets' ``text`` vectors; the control for retrieval through images (context ``text``).
 
 Cosine similarity (inner product of L2-normalised vectors), exact search by default (see
 ``search.py``). The pool is every image of the dataset (``pool="all"``, the paper's transductive
@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +126,7 @@ def resolve_features(artifacts, key: str, given=()) -> dict[str, Path]:
     views: dict[str, Path] = {}
     for path in map(Path, given):
         if not path.is_file():
-            raise MissingInput(f"{path}: feature file not found; check --features")
+            raise MissingInput("feature file not found", path=path, setting="features")
         if path.suffix == ".json":
             entries = json.loads(path.read_text())["views"]
             views.update({v: path.parent / e["file"] for v, e in entries.items()})
@@ -134,8 +134,9 @@ def resolve_features(artifacts, key: str, given=()) -> dict[str, Path]:
             with h5py.File(path, "r") as h5:
                 view = h5.attrs.get("view")
             if not view:
-                raise MissingInput(f"{path}: not a feature file (no 'view' attribute); pass the "
-                                   "files or manifest.json written by `python cli.py extract`")
+                raise MissingInput("not a feature file (no 'view' attribute)", path=path,
+                                   setting="features",
+                                   hint="give the files or manifest.json that extract wrote")
             views[view.decode() if isinstance(view, bytes) else str(view)] = path
     return views
 
@@ -151,7 +152,8 @@ class _View:
     inputs: dict                # the feature file's recorded data inputs
 
 
-def _load_view(views: dict[str, Path], name: str, dataset: Dataset, cache: dict) -> _View:
+def _load_view(views: dict[str, Path], name: str, dataset: Dataset, artifacts,
+               cache: dict) -> _View:
     """A view's features, refused when its recorded inputs differ from the dataset's content."""
     if name not in views:
         raise MissingInput(f"no '{name}' features for {dataset.name} (have: "
@@ -160,8 +162,8 @@ def _load_view(views: dict[str, Path], name: str, dataset: Dataset, cache: dict)
     if name not in cache:
         fs = read_features(views[name])
         recorded = fs.attrs.get("inputs") or {}
-        store.check_inputs(recorded, cache.setdefault("", store.CurrentInputs(dataset)),
-                           path=views[name], stage="build-graphs", rerun="extract")
+        store.check_inputs(recorded, store.CurrentInputs(dataset, artifacts), path=views[name],
+                           stage="build-graphs", rerun="extract")
         cache[name] = _View(name, Path(views[name]), str(fs.attrs.get("space")),
                             str(fs.attrs.get("fingerprint")), fs, _content_hashes(fs), recorded)
     return cache[name]
@@ -247,7 +249,7 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
                    _cache: dict | None = None) -> BuildResult:
     """Build (or reuse) one relation's graph file; see the module docstring."""
     cache = {} if _cache is None else _cache
-    qv, bv = (_load_view(views, name, dataset, cache) for name in VIEWS[relation])
+    qv, bv = (_load_view(views, name, dataset, artifacts, cache) for name in VIEWS[relation])
     if qv.space != bv.space:
         raise SpaceMismatch(f"{relation} graph: {qv.name} features are in space {qv.space!r} but "
                             f"{bv.name} features in {bv.space!r}; extract both with the same "

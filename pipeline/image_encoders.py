@@ -171,8 +171,9 @@ class ClipEncoder:
             model = _seeded(lambda: open_clip.create_model(spec.identifier, pretrained=pretrained))
         except (RuntimeError, OSError, ValueError) as err:
             raise MissingInput(f"cannot load CLIP {spec.identifier}/{spec.pretrained}: "
-                               f"{str(err).splitlines()[0][:160]}; when offline pass "
-                               f"--clip {spec.identifier}/<local checkpoint file>") from None
+                               f"{str(err).splitlines()[0][:160]}", value=spec.name,
+                               setting="clip", hint=f"offline, name a local checkpoint: "
+                               f"{spec.identifier}/<checkpoint file>") from None
         self.model = model.eval().to(device)
         self.tokenizer = open_clip.get_tokenizer(spec.identifier)
         self.normalize = _Normalizer(spec.preprocess, device)

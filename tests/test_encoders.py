@@ -50,7 +50,7 @@ def test_text_entries_and_get_spec_are_unchanged():
     with pytest.raises(UnknownEncoder) as err:          # CLIP's text tower is --clip's business
         get_spec("clip-vit-b32-openai", "text")
     assert str(err.value) == ("encoder 'clip-vit-b32-openai' is not a text encoder but image+text "
-                              "(CLIP models go to extract --clip); use one of bert-base-cased, "
+                              "(a CLIP model is the clip setting); use one of bert-base-cased, "
                               "bert-base-uncased, minilm-l6, mpnet-base")
     assert "clip-vit-b32-openai" in encoder_names("image")
 

@@ -252,14 +252,17 @@ def test_clip_puts_text_and_images_in_one_space(tiny_dir, tmp_path, image_dir, t
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--clip", "ViT-B-32/random"], "Error: --clip embeds images: give --image-dir too\n"),
+    (["--clip", "ViT-B-32/random"], "Error: a CLIP model embeds images, and no image folder is "
+                                    "given;"),
     (["--views", "text,pixels"], "Error: unknown view 'pixels'; choose from text, image_global, "
-                                 "object_types, region_grid\n"),
-    (["--views", "region_grid"], "Error: the region_grid view needs images: give --image-dir\n"),
+                                 "object_types, region_grid"),
+    (["--views", "region_grid"], "Error: the region_grid view needs images, and no image folder "
+                                 "is given;"),
 ])
 def test_impossible_configurations_are_one_line_errors(tiny_dir, tmp_path, args, message):
     result = extract("--data-dir", tiny_dir, "--artifacts", tmp_path, *args)
-    assert result.exit_code == 1 and result.output == message
+    assert result.exit_code == 1 and result.output.startswith(message)
+    assert result.output.count("\n") == 1
 
 
 def test_config_validates_itself(tiny_dir):
