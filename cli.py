@@ -347,6 +347,8 @@ def predict(run, input_file, text, image, caption, captions, image_dir, output, 
     examples = (file_examples(input_file, captions, image_dir) if input_file
                 else [text_example(text, caption, image)])
     result = tag(run, examples, device)
+    for note in result.notes:
+        click.echo(f"warning: {note}", err=True)
     if text is not None and result.neighbours[0]:
         click.echo(f"neighbours: {result.neighbours[0]}", err=True)
     if result.scores is not None:

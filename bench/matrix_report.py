@@ -272,8 +272,10 @@ def graphs_section(artifacts: Path, dataset: str, k: int) -> str:
     from pipeline.diagnostics import report
     from pipeline.graphs import load_graph_manifest, read_graph
 
+    keys = sorted((Path(artifacts) / "graphs").glob(f"{dataset}-*/manifest.json"),
+                  key=lambda p: p.stat().st_mtime)       # the store's folder: <name>-<ids hash>
     try:
-        files = load_graph_manifest(artifacts, dataset)
+        files = load_graph_manifest(artifacts, keys[-1].parent.name if keys else dataset)
         graphs = {name: read_graph(path) for name, path in sorted(files.items())}
     except MnerError as err:
         return f"No graph diagnostics: {err}"

@@ -102,23 +102,3 @@ def write_json(path, obj) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def read_manifest(path, section: str, missing: str, command: str) -> dict[str, Path]:
-    """``name -> file`` of a stage's ``manifest.json`` (entries are file names or ``{"file": ...}``).
-
-    A missing manifest raises ``MissingInput(f"{path}: {missing}")``; an unreadable one says to
-    re-run ``python cli.py <command>``.
-    """
-    from .errors import CacheMismatch, MissingInput
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInput(f"{path}: {missing}")
-    try:
-        entries = json.loads(path.read_text())[section]
-        return {name: path.parent / (entry["file"] if isinstance(entry, dict) else entry)
-                for name, entry in entries.items()}
-    except (ValueError, KeyError, TypeError) as err:
-        raise CacheMismatch(f"{path}: malformed manifest ({err}); re-run `python cli.py "
-                            f"{command}`") from None

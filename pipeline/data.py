@@ -9,6 +9,8 @@ silently.
 """
 from __future__ import annotations
 
+import gzip
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +51,81 @@ class Dataset:
         return [t.item_id for t in self.tweets(split)]
 
 
+def caption_item_id(name: str, path, lineno: int | None) -> str:
+    """The item id of an image file name in a captions file (``123.jpg`` -> ``123``); a name with
+    a folder part (``../x/123.jpg``) is refused, never cut to its stem."""
+    name = name.strip()
+    if "/" in name or "\\" in name:
+        raise DataFormatError(path, lineno, f"image name {name[:60]!r} has a folder part; "
+                              "captions name image files (<id>.jpg)", value=name)
+    stem, dot, ext = name.rpartition(".")
+    item_id = stem if dot and f".{ext}" in IMAGE_EXTENSIONS else name
+    return check_item_id(item_id, f"{path}:{lineno}" if lineno else str(path))
+
+
+JSON_TEXT_KEYS = ("description", "caption", "text")     # JSON lines: the image text's key
+
+
+def image_text_source(path) -> str:
+    """The name of an image-text source: its file name without ``.gz`` and the format suffix
+    (``BLIP2_17``, ``catr-captions``, ``deqa-gpt4-descriptions``)."""
+    name = Path(path).name
+    for suffix in (".gz", ".jsonl", ".json", ".txt"):
+        name = name[: -len(suffix)] if name.endswith(suffix) else name
+    return name
+
+
+def _json_text(path: Path) -> str:
+    raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataFormatError(path, None, "not valid UTF-8; re-encode the file as UTF-8") from None
+
+
+def _read_json_captions(path: Path) -> dict[str, str]:
+    """``{"<id>.jpg": "text", ...}`` (CATR) or JSON lines ``{"image_name": "<id>.jpg",
+    "description": "..."}`` (DEQA / GPT-4; ``caption`` or ``text`` also name the text)."""
+    text, captions = _json_text(path), {}
+    if ".jsonl" not in path.name:
+        try:
+            table = json.loads(text)
+        except ValueError as err:
+            raise DataFormatError(path, getattr(err, "lineno", None), f"not JSON ({err})") from None
+        if not isinstance(table, dict):
+            raise DataFormatError(path, None, 'expected one object {"<id>.jpg": "text", ...}')
+        rows = [(None, name, value) for name, value in table.items()]
+    else:
+        rows = []
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                key = next(k for k in JSON_TEXT_KEYS if k in record)
+                rows.append((lineno, record["image_name"], record[key]))
+            except (ValueError, KeyError, StopIteration, TypeError):
+                raise DataFormatError(path, lineno, 'expected {"image_name": "<id>.jpg", '
+                                      '"description": "..."}') from None
+    for lineno, name, value in rows:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise DataFormatError(path, lineno, f"image name and text must be strings: {name!r}")
+        item_id = caption_item_id(name, path, lineno)
+        if item_id in captions:
+            raise DataFormatError(path, lineno, f"second text for {name}; keep one per image")
+        captions[item_id] = value.strip()
+    return captions
+
+
 def read_captions(path) -> dict[str, str]:
-    """Read ``<id>.jpg :<caption>`` lines. Empty captions are kept as ``""`` (reported, not lost)."""
+    """Image text by item id: ``<id>.jpg :<caption>`` lines (``.txt``), or JSON (``.json`` /
+    ``.json.gz``, CATR) or JSON lines (``.jsonl`` / ``.jsonl.gz``, DEQA). Empty texts are kept as
+    ``""`` (reported, not lost)."""
     path = Path(path)
+    if not path.is_file():
+        raise MissingInput("captions file not found", path=path, setting="captions")
+    if ".json" in path.name:
+        return _read_json_captions(path)
     captions: dict[str, str] = {}
     for lineno, line in enumerate(read_lines(path), start=1):
         line = line.rstrip("\r")
@@ -61,8 +135,7 @@ def read_captions(path) -> dict[str, str]:
         if not sep:
             raise DataFormatError(path, lineno, f"no ' :' in {line[:40]!r}; expected "
                                   "'<id>.jpg :<caption>'")
-        item_id = check_item_id(Path(name.strip()).stem if "." in name else name.strip(),
-                                f"{path}:{lineno}")
+        item_id = caption_item_id(name, path, lineno)
         if item_id in captions:
             raise DataFormatError(path, lineno, f"second caption for {name.strip()}; keep one line "
                                   "per image")
@@ -74,11 +147,17 @@ def image_path(image_dir, item_id: str) -> Path | None:
     """The image file of ``item_id`` in ``image_dir`` (``.jpg`` first, other extensions too)."""
     check_item_id(item_id)
     root = os.path.normpath(os.path.abspath(image_dir))
+    real_root = os.path.realpath(root)
     for ext in IMAGE_EXTENSIONS:
         candidate = os.path.normpath(os.path.join(root, item_id + ext))
         if os.path.dirname(candidate) != root:
-            raise UnsafeItemId(f"IMGID {item_id!r} resolves outside {image_dir}; fix the IMGID")
-        if os.path.isfile(candidate):
+            raise UnsafeItemId(f"IMGID {item_id!r} resolves outside {image_dir}", value=item_id)
+        real = os.path.realpath(candidate)       # a symbolic link is judged by where it points
+        if os.path.commonpath([real, real_root]) != real_root:
+            raise UnsafeItemId(f"the image of {item_id} is a link to {real}, outside the image "
+                               "folder", path=candidate, value=item_id,
+                               hint="copy the image into the folder or remove the link")
+        if os.path.isfile(real):
             return Path(candidate)
     return None
 
@@ -86,7 +165,7 @@ def image_path(image_dir, item_id: str) -> Path | None:
 def locate_images(image_dir, item_ids) -> tuple[dict[str, Path], list[str]]:
     """Map ids to image files; also return the ids whose image is missing (in input order)."""
     if not Path(image_dir).is_dir():
-        raise MissingInput(f"{image_dir}: image directory not found; check --image-dir")
+        raise MissingInput("image directory not found", path=image_dir, setting="image_dir")
     found, missing = {}, []
     for item_id in item_ids:
         path = image_path(image_dir, item_id)
@@ -98,8 +177,11 @@ def locate_images(image_dir, item_ids) -> tuple[dict[str, Path], list[str]]:
 
 
 def default_captions(data_dir) -> Path | None:
-    """The single captions file under ``<data_dir>/image_captions/``, if there is exactly one."""
-    files = sorted(Path(data_dir, "image_captions").glob("*.txt"))
+    """The single image-text file under ``<data_dir>/image_captions/`` (``.txt``, ``.json``,
+    ``.jsonl``, optionally gzipped), if there is exactly one."""
+    folder = Path(data_dir, "image_captions")
+    files = sorted(p for pattern in ("*.txt", "*.json", "*.json.gz", "*.jsonl", "*.jsonl.gz")
+                   for p in folder.glob(pattern))
     return files[0] if len(files) == 1 else None
 
 

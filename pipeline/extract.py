@@ -19,24 +19,25 @@ import functools
 import hashlib
 import json
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
 from . import features as fs
+from . import store
 from .artifacts import environment, fingerprint, ids_fingerprint
 from .data import Dataset, load_dataset
 from .encoders import EncoderSpec, encoder_fingerprint, resolve_encoder
 from .errors import InvalidConfig
+from .extract_passes import run_jobs
 from .objects import COCO_80, LEXICON
 from .progress import no_progress
 from .runtime import resolve_device, resolve_precision
+from .text import tweet_text  # noqa: F401 (re-exported: the tweet text of the text view)
 
 VIEWS = ("text", "image_global", "object_types", "region_grid")
 FORMAT_VERSION = 1
-_URL = re.compile(r"^(https?://|www\.)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,14 @@ class ExtractConfig:
         if unknown:
             raise InvalidConfig(f"unknown view {unknown[0]!r}; choose from {', '.join(VIEWS)}")
         if self.clip is not None and self.image_dir is None:
-            raise InvalidConfig("--clip embeds images: give --image-dir too")
+            raise InvalidConfig("a CLIP model embeds images, and no image folder is given",
+                                setting="image_dir")
         if "region_grid" in self.views and self.image_dir is None:
-            raise InvalidConfig("the region_grid view needs images: give --image-dir")
+            raise InvalidConfig("the region_grid view needs images, and no image folder is given",
+                                setting="image_dir")
         if self.image_dir is None and self.captions is None and set(self.views) - {"text"}:
-            raise InvalidConfig("image views need --image-dir or a captions file (--captions)")
+            raise InvalidConfig("image views need an image folder or a captions file",
+                                setting="image_dir")
         for name in ("batch_size", "text_batch_size", "label_topk", "max_length"):
             if getattr(self, name) < 1:
                 raise InvalidConfig(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -101,7 +105,7 @@ class Job:
     space: str
     encoder: dict          # {"spec": ..., "weights_sha256": ...}
     config: dict
-    inputs_sha256: str
+    inputs: dict           # recorded data inputs: {name: {"sha256", "path"?}} (pipeline/store.py)
     path: Path = Path()
     needs: Path | None = None   # a file this job reads (the ImageNet probabilities of the bridge)
     fingerprint: str = ""
@@ -109,19 +113,8 @@ class Job:
     notes: list[str] = field(default_factory=list)
 
 
-def tweet_text(tokens, drop_urls: bool) -> str:
-    """The tweet as the sentence encoder sees it: tokens joined by spaces (URLs dropped)."""
-    return " ".join(t for t in tokens if not (drop_urls and _URL.match(t)))
-
-
 def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-
-
-def _image_inputs(dataset: Dataset) -> str:
-    images = dataset.images or {}
-    return _sha([[i, images[i].name, images[i].stat().st_size] if i in images else [i, None]
-                 for i in dataset.item_ids()])
 
 
 def _text_config(config: ExtractConfig) -> dict:
@@ -148,8 +141,8 @@ class _Sources:
     def sentence(self) -> dict:
         spec = resolve_encoder(self.config.text_encoder, "text")
         if spec.library != "transformers":
-            raise InvalidConfig(f"--text-encoder {self.config.text_encoder!r} is not a sentence "
-                                "encoder")
+            raise InvalidConfig(f"text encoder {self.config.text_encoder!r} is not a sentence "
+                                "encoder", value=self.config.text_encoder, setting="text_encoder")
         return encoder_fingerprint(spec)
 
     @functools.cached_property
@@ -161,18 +154,20 @@ class _Sources:
     def cnn(self) -> dict:
         spec = resolve_encoder(self.config.image_encoder, "image")
         if spec.library == "open_clip":
-            raise InvalidConfig("--image-encoder must be a CNN (efficientnet-lite0, resnet50, "
-                                "timm:<model>); give CLIP with --clip")
+            raise InvalidConfig("the image encoder must be a CNN (efficientnet-lite0, resnet50, "
+                                "timm:<model>); a CLIP model is given as the clip setting",
+                                value=self.config.image_encoder, setting="clip")
         return encoder_fingerprint(spec)
 
     @functools.cached_property
-    def image_sha(self) -> str:
-        return _image_inputs(self.dataset)
+    def image_sha(self) -> dict:
+        """The images input (their bytes' sha256, cached by path, size and mtime)."""
+        return store.data_inputs(self.dataset, ("images",), image_dir=self.config.image_dir,
+                                 digests=store.DigestCache(self.config.artifacts))
 
     @functools.cached_property
-    def caption_sha(self) -> str:
-        captions = self.dataset.captions or {}
-        return _sha([captions.get(i) for i in self.dataset.item_ids()])
+    def caption_sha(self) -> dict:
+        return store.data_inputs(self.dataset, ("captions",), captions_path=self.config.captions)
 
     def pixels(self, encoder: dict, **extra) -> dict:
         return {"preprocess": encoder["spec"]["preprocess"], "pil_draft": True, **extra}
@@ -207,7 +202,7 @@ def _global_job(src: _Sources) -> Job:
 
 
 def _text_job(src: _Sources) -> Job:
-    tweets = _sha([tweet_text(t.tokens, src.config.drop_urls) for t in src.dataset.tweets()])
+    tweets = store.text_inputs(src.dataset)
     if src.clip is not None:
         return Job("text", "tweet_text", "clip_text", src.clip["spec"]["space"], src.clip,
                    {"text": {"join": "space", "drop_urls": src.config.drop_urls,
@@ -233,15 +228,15 @@ def plan(config: ExtractConfig, dataset: Dataset, precision: str) -> list[Job]:
         jobs.append(_global_job(src))
     if "text" in wanted:
         jobs.append(_text_job(src))
-    ids_sha = ids_fingerprint(dataset.item_ids())
+    ids_sha, key = ids_fingerprint(dataset.item_ids()), store.dataset_key(dataset)
     for job in jobs:
         job.config["precision"] = precision if job.producer != "caption_objects" else "n/a"
         job.fingerprint = fingerprint({
-            "format": FORMAT_VERSION, "dataset": dataset.name, "view": job.view,
-            "source": job.source, "space": job.space, "encoder": job.encoder, "config": job.config,
-            "inputs_sha256": job.inputs_sha256, "ids_sha256": ids_sha,
+            "format": FORMAT_VERSION, "view": job.view, "source": job.source, "space": job.space,
+            "encoder": job.encoder, "config": job.config,
+            "inputs_sha256": store.inputs_digest(job.inputs), "ids_sha256": ids_sha,
             "dtype": "float16" if config.float16 else "float32"})
-        job.path = fs.file_path(config.artifacts, dataset.name, job.view, job.fingerprint)
+        job.path = fs.file_path(config.artifacts, key, job.view, job.fingerprint)
         if job.producer == "label_phrase":    # after its object_types job (planned before it)
             job.needs = next(j.path for j in jobs if j.view == "object_types")
     return jobs
@@ -250,15 +245,14 @@ def plan(config: ExtractConfig, dataset: Dataset, precision: str) -> list[Job]:
 def job_attrs(job: Job, dataset: Dataset, run: dict) -> dict:
     return {"view": job.view, "space": job.space, "source": job.source,
             "encoder": job.encoder["spec"], "weights_sha256": job.encoder["weights_sha256"],
-            "config": {**job.config, "inputs_sha256": job.inputs_sha256, "run": run},
+            "config": {**job.config, "run": run}, "inputs": job.inputs,
             "environment": environment(), "dataset": dataset.name,
+            "dataset_key": store.dataset_key(dataset),
             "fingerprint": job.fingerprint, "format_version": FORMAT_VERSION}
 
 
 def run_extract(config: ExtractConfig, progress=no_progress) -> dict:
     """Extract every planned view (reusing complete files); write the manifest; return a summary."""
-    from .extract_passes import run_jobs
-
     start = time.perf_counter()
     dataset = load_dataset(config.data_dir, config.captions, config.image_dir)
     device = resolve_device(config.device)
@@ -273,11 +267,24 @@ def run_extract(config: ExtractConfig, progress=no_progress) -> dict:
                "batch_size": config.batch_size, "workers": _workers(config)}
         run_jobs(todo, dataset, config, run, lambda job: job_attrs(job, dataset, run), progress)
     views = {job.view: _describe(job) for job in sorted(jobs, key=lambda j: VIEWS.index(j.view))}
-    manifest = fs.write_manifest(config.artifacts, dataset.name, {
-        v: {k: d[k] for k in ("file", "fingerprint", "space", "source", "shape")}
+    manifest = fs.write_manifest(config.artifacts, dataset, {
+        v: {k: d[k] for k in ("file", "fingerprint", "space", "source", "text_source", "shape")}
         for v, d in views.items()})
     return {"dataset": dataset.name, "items": len(ids), "views": views, "manifest": str(manifest),
-            "seconds": round(time.perf_counter() - start, 2)}
+            "coverage": coverage(dataset), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def coverage(dataset: Dataset) -> dict:
+    """Captions and images against the tweets: how many tweets have none, and how many captions
+    name an image no tweet has (counted, never ignored silently)."""
+    ids, out = set(dataset.item_ids()), {}
+    if dataset.captions is not None:
+        unused = sorted(set(dataset.captions) - ids)
+        out["captions"] = {"missing": len(ids - set(dataset.captions)), "unused": len(unused),
+                           "unused_examples": unused[:5]}
+    if dataset.images is not None:
+        out["images"] = {"missing": len(ids - set(dataset.images))}
+    return out
 
 
 def _workers(config: ExtractConfig) -> int:
@@ -285,7 +292,8 @@ def _workers(config: ExtractConfig) -> int:
 
 
 def _reuse(job: Job, ids: list[str], overwrite: bool) -> bool:
-    job.reused = fs.cached(job.path, job.fingerprint, ids, overwrite)
+    job.reused = store.reusable(job.path, job.fingerprint, overwrite, stage="extract",
+                                item_ids=ids)
     return job.reused
 
 
@@ -303,7 +311,8 @@ def _describe(job: Job) -> dict:
             key = reason.split(":")[0] or "invalid"
             invalid[key] = invalid.get(key, 0) + 1
     return {"file": job.path.name, "path": str(job.path), "fingerprint": job.fingerprint,
-            "space": job.space, "source": job.source, "shape": shape, "reused": job.reused,
+            "space": job.space, "source": job.source,
+            "text_source": job.inputs.get("captions", {}).get("source"), "shape": shape, "reused": job.reused,
             "valid": int(valid.sum()), "invalid": dict(sorted(invalid.items())),
             "notes": job.notes}
 
@@ -317,6 +326,12 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(f"  {view:<13} {state:<8} {d['space']} ({d['source']}) shape "
                      f"{'x'.join(map(str, d['shape']))}: valid {d['valid']}, invalid: {invalid}")
         lines.append(f"  {'':<13} {d['path']}")
+    for source, counts in summary.get("coverage", {}).items():
+        line = f"{source}: {counts['missing']} tweets have none"
+        if counts.get("unused"):
+            line += (f"; {counts['unused']} name images no tweet has (e.g. "
+                     f"{', '.join(counts['unused_examples'])}): not used")
+        lines.append(line)
     lines.append(f"manifest: {summary['manifest']}")
     return lines
 

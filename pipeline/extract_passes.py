@@ -19,7 +19,8 @@ import torch
 from .encoders import load_encoder
 from .features import FeatureWriter, read_features
 from .images import DecodeAhead, DecodeSpec, image_batches
-from .objects import caption_object_matrix, coco_prompts, imagenet_phrase
+from .objects import coco_prompts, imagenet_phrase
+from .producers import Item, text_producer
 from .progress import no_progress
 
 IMAGE_PRODUCERS = {"cnn": "cnn", "clip_image": "clip", "clip_objects": "clip"}
@@ -192,61 +193,48 @@ class _InOrder:
 
 # ---- texts ------------------------------------------------------------------------------------
 
-def _text_inputs(job, dataset, config, encoder):
-    """(reason per row, encode(rows) -> array, width, sha per row or None) for a text job."""
-    ids = dataset.item_ids()
-    if job.view == "text":
-        from .extract import tweet_text
-        texts = [tweet_text(t.tokens, config.drop_urls) for t in dataset.tweets()]
-        reasons = ["" if text.strip() else "empty text" for text in texts]
-        return (reasons, *_embedder(job, texts, config, encoder), None)
-    captions = [(dataset.captions or {}).get(i) for i in ids]
-    reasons = ["no caption" if c is None else "" if c.strip() else "empty caption"
-               for c in captions]
+def _text_producer(job, config, encoder):
+    """The job's producer (pipeline/producers.py), with the job's text model."""
     if job.producer == "caption_objects":
-        matrix = caption_object_matrix([c or "" for c in captions], job.config["counts"])
-        reasons = [r or ("" if matrix[k].any() else "no object found")
-                   for k, r in enumerate(reasons)]
-        return reasons, (lambda rows: matrix[rows]), matrix.shape[1], None
+        return text_producer("caption", "object_types", job.config)
+    model = encoder(config.clip_name if job.producer == "clip_text" else config.text_encoder)
+    return text_producer("tweet_text" if job.view == "text" else "caption", job.view,
+                         job.config, model)
+
+
+def _text_items(job, dataset):
+    """(items, reason forced per row or None, sha per row or None) of a text job."""
+    if job.view == "text":
+        return [Item(tokens=t.tokens) for t in dataset.tweets()], None, None
     if job.producer == "label_phrase":
         objects = read_features(job.needs)
         top = np.argsort(-objects.features, axis=1)[:, :job.config["topk"]]
         classes = _imagenet_classes()
-        texts = [imagenet_phrase([classes[c] for c in row]) for row in top]
-        return (objects.reason, *_embedder(job, texts, config, encoder), objects.content_sha256)
-    return (reasons, *_embedder(job, [c or "" for c in captions], config, encoder), None)
+        items = [Item(caption=None if failed else imagenet_phrase([classes[c] for c in row]))
+                 for row, failed in zip(top, objects.reason)]
+        return items, objects.reason, objects.content_sha256
+    captions = dataset.captions or {}
+    return [Item(caption=captions.get(i)) for i in dataset.item_ids()], None, None
 
 
 def _imagenet_classes() -> list[str]:
-    from .image_encoders import imagenet_classes
+    from .image_encoders import imagenet_classes   # lazy: torchvision, only for this bridge
     return imagenet_classes()
-
-
-def _embedder(job, texts: list[str], config, encoder):
-    """(encode(rows) -> float32 (len(rows), d), d) with the job's text model."""
-    if job.producer == "clip_text":
-        model = encoder(config.clip_name)
-        width = model.spec.dim
-    else:
-        model = encoder(config.text_encoder)
-        model.max_length, width = config.max_length, model.dim
-    return (lambda rows: model.encode([texts[r] for r in rows])), width
 
 
 def _text_job(job, writer, dataset, config, encoder, progress) -> None:
     pending = writer.pending()
     if len(pending) == 0:
         return
-    reasons, encode, width, sha = _text_inputs(job, dataset, config, encoder)
+    producer = _text_producer(job, config, encoder)
+    items, forced, sha = _text_items(job, dataset)
     with progress(total=len(pending), desc=job.view) as bar:
         for start in range(0, len(pending), config.text_batch_size):
             rows = pending[start:start + config.text_batch_size]
-            ok = [k for k, row in enumerate(rows) if not reasons[row]]
-            values = encode(rows[ok]) if ok else None
-            out = np.zeros((len(rows), width), dtype=np.float32)
-            if values is not None:
-                out[ok] = values
-            writer.write(rows, out, [not reasons[r] for r in rows], [reasons[r] for r in rows],
+            got = producer.compute([items[r] for r in rows])
+            reasons = got.reasons if forced is None else [   # the label bridge: the image's
+                forced[r] or reason for r, reason in zip(rows, got.reasons)]   # failure, if any
+            out, valid = got.vectors, np.array([not r for r in reasons], dtype=bool)
+            writer.write(rows, out, valid, reasons,
                          sha=None if sha is None else [sha[r] for r in rows])
             bar.update(len(rows))
-

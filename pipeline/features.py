@@ -33,12 +33,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .artifacts import ids_fingerprint, read_manifest, write_json
+from .artifacts import ids_fingerprint
 from .errors import CacheMismatch, MissingInput, MnerError
+from .store import decode_attrs, dataset_key, manifest_entries, update_manifest, write_attrs
 
 log = logging.getLogger(__name__)
 STR = h5py.string_dtype("utf-8")
-JSON_ATTRS = ("encoder", "config", "environment")
 TARGET_CHUNK_BYTES = 1 << 20
 
 
@@ -62,25 +62,15 @@ class FeatureSet:
         try:
             index = np.array([self._index[i] for i in ids], dtype=np.int64)
         except KeyError as err:
-            raise MnerError(f"{self.path}: item {err.args[0]} is not in this feature file "
-                            f"({self.attrs.get('dataset')}); re-run `python cli.py extract` "
-                            "for this dataset") from None
+            raise MnerError(f"item {err.args[0]} is not in this feature file (made for "
+                            f"{self.attrs.get('dataset')})", path=self.path, value=err.args[0],
+                            rerun="extract") from None
         return self.features[index], self.valid[index]
 
 
-def file_path(artifacts, dataset: str, view: str, fingerprint: str) -> Path:
-    return Path(artifacts, "features", dataset, f"{view}-{fingerprint[:12]}.h5")
-
-
-def _decode_attrs(attrs) -> dict:
-    out = {}
-    for key, value in attrs.items():
-        if isinstance(value, bytes):
-            value = value.decode()
-        if key in JSON_ATTRS and isinstance(value, str):
-            value = json.loads(value)
-        out[key] = value.item() if isinstance(value, np.generic) else value
-    return out
+def file_path(artifacts, key: str, view: str, fingerprint: str) -> Path:
+    """``<artifacts>/features/<dataset key>/<view>-<fp12>.h5`` (key: ``store.dataset_key``)."""
+    return Path(artifacts, "features", key, f"{view}-{fingerprint[:12]}.h5")
 
 
 def _strings(dataset) -> list[str]:
@@ -91,50 +81,19 @@ def read_features(path) -> FeatureSet:
     """Read a complete feature file; a clear error for a missing, unreadable or unfinished one."""
     path = Path(path)
     if not path.is_file():
-        raise MissingInput(f"{path}: feature file not found; run `python cli.py extract` first")
+        raise MissingInput("feature file not found", path=path, rerun="extract")
     try:
         with h5py.File(path, "r") as f:
-            attrs = _decode_attrs(f.attrs)
+            attrs = decode_attrs(f.attrs)
             if not attrs.get("complete"):
-                raise CacheMismatch(f"{path}: incomplete feature file; re-run `python cli.py "
-                                    "extract` (it resumes)")
+                raise CacheMismatch("incomplete feature file (extract resumes it)", path=path,
+                                    rerun="extract")
             return FeatureSet(path, _strings(f["item_id"]), f["features"][()].astype(np.float32),
                               f["valid"][()].astype(bool), _strings(f["reason"]), attrs,
                               _strings(f["content_sha256"]) if "content_sha256" in f else None)
     except OSError as err:
-        raise CacheMismatch(f"{path}: unreadable HDF5 file ({str(err).splitlines()[0]}); delete "
-                            "it or re-run extract with --overwrite") from None
-
-
-def cached(path: Path, fingerprint: str, item_ids: list[str], overwrite: bool) -> bool:
-    """True if ``path`` is a complete file of this configuration (reuse it: do no work).
-
-    False when there is nothing to reuse (or ``overwrite`` removed it); ``CacheMismatch`` when a
-    file made by another configuration or for other items sits at that name.
-    """
-    if overwrite:
-        for stale in (path, path.with_name(path.name + ".tmp")):
-            stale.unlink(missing_ok=True)
-        return False
-    if not path.exists():
-        return False
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = _decode_attrs(f.attrs)
-            ids = _strings(f["item_id"]) if "item_id" in f else None
-    except OSError as err:
-        raise CacheMismatch(f"{path}: unreadable HDF5 file ({str(err).splitlines()[0]}); pass "
-                            "--overwrite to replace it") from None
-    got = str(attrs.get("fingerprint", ""))
-    if got != fingerprint:
-        raise CacheMismatch(f"{path}: made by another configuration (fingerprint {got[:12] or '-'}"
-                            f", expected {fingerprint[:12]}); pass --overwrite to replace it")
-    if ids != list(item_ids):
-        raise CacheMismatch(f"{path}: its item ids differ from the dataset's ({len(ids or [])} vs "
-                            f"{len(item_ids)} rows); pass --overwrite to replace it")
-    if not attrs.get("complete"):
-        raise CacheMismatch(f"{path}: not marked complete; pass --overwrite to replace it")
-    return True
+        raise CacheMismatch(f"unreadable HDF5 file ({str(err).splitlines()[0]})", path=path,
+                            rerun="extract", setting="overwrite") from None
 
 
 class FeatureWriter:
@@ -191,8 +150,7 @@ class FeatureWriter:
         f.create_dataset("done", shape=(n,), dtype=bool)
         if with_sha:
             f.create_dataset("content_sha256", shape=(n,), dtype=STR)
-        for key, value in attrs.items():
-            f.attrs[key] = json.dumps(value, sort_keys=True) if key in JSON_ATTRS else value
+        write_attrs(f, attrs)
         f.attrs["ids_sha256"] = ids_fingerprint(self.item_ids)
         f.attrs["complete"] = False
         f.flush()
@@ -236,7 +194,7 @@ class FeatureWriter:
         """Mark complete and rename to the final name (refuses if any row is not done)."""
         left = len(self.pending())
         if left:
-            raise MnerError(f"{self.tmp}: {left} rows were never written; re-run extract")
+            raise MnerError(f"{left} rows were never written", path=self.tmp, rerun="extract")
         del self.file["done"]
         self.file.attrs["complete"] = True
         self.close()
@@ -299,8 +257,9 @@ class _ChunkRows:
             end = min(stop, (chunk + 1) * self.chunk_rows)
             offset = self._offset(chunk)
             if offset is None:
-                raise MnerError(f"{self.dataset.file.filename}: chunk {chunk} of the features has "
-                                "no place in the file; delete the .tmp and re-run extract")
+                raise MnerError(f"chunk {chunk} of the features has no place in the file",
+                                path=self.dataset.file.filename, rerun="extract",
+                                hint="delete the .tmp file")
             offset += (row - chunk * self.chunk_rows) * self.row_bytes
             a, b = (row - start) * self.row_bytes, (end - start) * self.row_bytes
             if parts and parts[-1][0] + parts[-1][2] - parts[-1][1] == offset:
@@ -329,19 +288,20 @@ def _runs(rows: np.ndarray):
         yield int(rows[a]), int(rows[b - 1]) + 1, slice(a, b)
 
 
-def manifest_path(artifacts, dataset: str) -> Path:
-    return Path(artifacts, "features", dataset, "manifest.json")
+def manifest_path(artifacts, key: str) -> Path:
+    return Path(artifacts, "features", key, "manifest.json")
 
 
-def write_manifest(artifacts, dataset: str, views: dict[str, dict]) -> Path:
-    """``{"dataset": ..., "views": {view: {"file", "fingerprint", "space", "source", "shape"}}}``"""
-    path = manifest_path(artifacts, dataset)
-    write_json(path, {"dataset": dataset, "views": views})
-    return path
+def write_manifest(artifacts, dataset, views: dict[str, dict]) -> Path:
+    """Merge ``{view: {"file", "fingerprint", "space", "source", "shape"}}`` into the dataset's
+    manifest ``{"dataset", "key", "views"}``: views extracted earlier stay listed."""
+    key = dataset_key(dataset)
+    return update_manifest(manifest_path(artifacts, key), "views", views, dataset=dataset.name,
+                           key=key)
 
 
-def load_manifest(artifacts, dataset: str) -> dict[str, Path]:
-    """The feature files of the latest extract run of ``dataset``, by view."""
-    return read_manifest(manifest_path(artifacts, dataset), "views",
-                         f"no feature manifest; run `python cli.py extract --data-dir "
-                         f"<{dataset} folder>` first", "extract")
+def load_manifest(artifacts, key: str) -> dict[str, Path]:
+    """The dataset's feature files by view (``key``: ``store.dataset_key(dataset)``)."""
+    path = manifest_path(artifacts, key)
+    return {view: path.parent / entry["file"]
+            for view, entry in manifest_entries(path, "views", "extract").items()}

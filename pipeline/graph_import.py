@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import store
 from .artifacts import file_sha256, fingerprint, ids_fingerprint
 from .data import Dataset
 from .errors import MissingInput
-from .graph_store import Graph, graph_path, reusable, write_graph
+from .graph_store import BuildResult, Graph, graph_path, reusable, write_graph
 from .rgcn import check_against_umt, read_rgcn
 
 FORMAT_VERSION = 1
@@ -30,9 +31,8 @@ def rgcn_files(dataset: Dataset, rgcn_dir) -> dict[str, Path]:
     paths = {split: Path(rgcn_dir) / f"{split}_2.txt" for split in dataset.splits}
     for path in paths.values():
         if not path.is_file():
-            raise MissingInput(f"{path}: file not found; the R-GCN lists are "
-                               "<data-dir>/rgcn/{train,valid,test}_2.txt (or pass "
-                               "--no-import-rgcn)")
+            raise MissingInput("file not found; the R-GCN lists are rgcn/{train,valid,test}_2.txt "
+                               "in the data folder", path=path, setting="rgcn_dir")
     return paths
 
 
@@ -88,16 +88,15 @@ def _relation_graph(relation, dataset: Dataset, records, flag, inputs, fp) -> Gr
 
 def import_rgcn(dataset: Dataset, rgcn_dir, artifacts, *, overwrite=False) -> list:
     """Write (or reuse) ``inter-rgcn`` and ``intra-rgcn``; a malformed file raises with its line."""
-    from .graphs import BuildResult
-
     paths = rgcn_files(dataset, rgcn_dir)
-    inputs = {path.name: file_sha256(path) for path in paths.values()}
+    inputs = {**store.text_inputs(dataset),
+              **{f"rgcn/{path.name}": {"sha256": file_sha256(path)} for path in paths.values()}}
     results, todo = [], {}
     for relation in FIELDS:
         fp = fingerprint({"format": FORMAT_VERSION, "relation": relation, "source": "rgcn",
-                          "dataset": dataset.name, "queries": ids_fingerprint(dataset.item_ids()),
-                          "inputs": inputs})
-        path = graph_path(artifacts, dataset.name, relation, "rgcn", fp)
+                          "queries": ids_fingerprint(dataset.item_ids()),
+                          "inputs": store.inputs_digest(inputs)})
+        path = graph_path(artifacts, store.dataset_key(dataset), relation, "rgcn", fp)
         if reusable(path, fp, overwrite):
             results.append(BuildResult(f"{relation}-rgcn", path, reused=True))
         else:

@@ -1,4 +1,4 @@
-"""Graph artefacts on disk: ``<artifacts>/graphs/<dataset>/<relation>-<source>-<fp12>.h5``.
+"""Graph artefacts on disk: ``<artifacts>/graphs/<dataset key>/<relation>-<source>-<fp12>.h5``.
 
 HDF5 datasets: ``query_id`` (n,) str, every tweet of the dataset (train, valid, test); ``pool_id``
 (m,) str, the candidate images; ``I`` (n, K) int64 rows into ``pool_id`` best first, -1 = none;
@@ -16,16 +16,15 @@ is the one the current inputs and configuration give.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .artifacts import atomic_path, environment, read_manifest, write_json
+from .artifacts import atomic_path, environment
 from .errors import CacheMismatch, MissingInput, MnerError
-
-JSON_ATTRS = ("inputs", "config", "environment", "pool_unknown", "notes")
+from .store import (dataset_key, manifest_entries, read_attrs, reusable as _reusable,
+                    update_manifest, write_attrs)
 
 
 @dataclass
@@ -61,13 +60,13 @@ class Graph:
         """
         k = self.k if k is None else k
         if not 1 <= k <= self.k:
-            raise MnerError(f"{self.path}: asked for {k} neighbours but the graph has {self.k}; "
-                            f"rebuild it with --k {k}")
+            raise MnerError(f"asked for {k} neighbours but the graph has {self.k}",
+                            path=self.path, value=k, rerun="build-graphs", setting="k")
         try:
             rows = np.array([self._rows[i] for i in item_ids], dtype=np.int64)
         except KeyError as err:
-            raise MnerError(f"{self.path}: item {err.args[0]} is not a query of this graph; "
-                            "rebuild the graph for this dataset") from None
+            raise MnerError(f"item {err.args[0]} is not a query of this graph", path=self.path,
+                            value=err.args[0], rerun="build-graphs") from None
         return self.I[rows, :k], self.D[rows, :k], self.flagged[rows]
 
     def neighbours(self, item_ids, k: int | None = None):
@@ -83,8 +82,17 @@ class Graph:
         return edge_index, self.D[q, j].astype(np.float32)
 
 
-def graph_path(artifacts, dataset: str, relation: str, source: str, fp: str) -> Path:
-    return Path(artifacts) / "graphs" / dataset / f"{relation}-{source}-{fp[:12]}.h5"
+@dataclass
+class BuildResult:
+    name: str                # the manifest key: inter, intra, inter-rgcn, inter@train, ...
+    path: Path
+    reused: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def graph_path(artifacts, key: str, relation: str, source: str, fp: str) -> Path:
+    """``<artifacts>/graphs/<dataset key>/<relation>-<source>-<fp12>.h5``."""
+    return Path(artifacts) / "graphs" / key / f"{relation}-{source}-{fp[:12]}.h5"
 
 
 def _strings(values):
@@ -109,31 +117,10 @@ def write_graph(graph: Graph, final) -> Path:
             edge_index, edge_weight = graph.edges()
             h5.create_dataset("edge_index", data=edge_index)
             h5.create_dataset("edge_weight", data=edge_weight)
-            attrs = dict(graph.attrs, environment=environment())
-            for key, value in attrs.items():
-                h5.attrs[key] = json.dumps(value, sort_keys=True) if key in JSON_ATTRS else value
+            write_attrs(h5, dict(graph.attrs, environment=environment()))
             h5.attrs["complete"] = True
     graph.path = final
     return final
-
-
-def _decode(value):
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, np.generic):
-        value = value.item()
-    return value
-
-
-def read_attrs(path) -> dict:
-    import h5py
-
-    with h5py.File(path, "r") as h5:
-        attrs = {key: _decode(value) for key, value in h5.attrs.items()}
-    for key in JSON_ATTRS:
-        if isinstance(attrs.get(key), str):
-            attrs[key] = json.loads(attrs[key])
-    return attrs
 
 
 def read_graph(path) -> Graph:
@@ -142,11 +129,11 @@ def read_graph(path) -> Graph:
 
     path = Path(path)
     if not path.is_file():
-        raise MissingInput(f"{path}: graph file not found; run `python cli.py build-graphs` first")
+        raise MissingInput("graph file not found", path=path, rerun="build-graphs")
     attrs = read_attrs(path)
     if not attrs.get("complete"):
-        raise CacheMismatch(f"{path}: incomplete graph file; delete it or run build-graphs "
-                            "with --overwrite")
+        raise CacheMismatch("incomplete graph file", path=path, rerun="build-graphs",
+                            setting="overwrite")
     with h5py.File(path, "r") as h5:
         return Graph(query_ids=list(h5["query_id"].asstr()[()]),
                      pool_ids=list(h5["pool_id"].asstr()[()]),
@@ -157,41 +144,24 @@ def read_graph(path) -> Graph:
 
 
 def reusable(path, fp: str, overwrite: bool) -> bool:
-    """True when ``path`` holds a complete graph with fingerprint ``fp``; False when it must be
-    (re)built. A file that differs raises ``CacheMismatch`` unless ``overwrite``."""
-    path = Path(path)
-    if not path.exists():
-        return False
-    if overwrite:
-        path.unlink()
-        return False
-    try:
-        attrs = read_attrs(path)
-    except OSError as err:
-        raise CacheMismatch(f"{path}: unreadable graph file ({err}); rerun build-graphs with "
-                            "--overwrite to replace it") from None
-    if attrs.get("complete") and attrs.get("fingerprint") == fp:
-        return True
-    raise CacheMismatch(f"{path}: exists but was built from other inputs or settings "
-                        f"(fingerprint {str(attrs.get('fingerprint'))[:12]}, expected {fp[:12]}); "
-                        "rerun build-graphs with --overwrite to replace it")
+    """The store's reuse rule for a graph file (``store.reusable``)."""
+    return _reusable(path, fp, overwrite, stage="build-graphs")
 
 
-def manifest_path(artifacts, dataset: str) -> Path:
-    return Path(artifacts) / "graphs" / dataset / "manifest.json"
+def manifest_path(artifacts, key: str) -> Path:
+    return Path(artifacts) / "graphs" / key / "manifest.json"
 
 
-def update_graph_manifest(artifacts, dataset: str, built: dict[str, Path]) -> Path:
+def update_graph_manifest(artifacts, dataset, built: dict[str, Path]) -> Path:
     """Record the graphs just built (``name -> file``) in the dataset's manifest, keeping others."""
-    path = manifest_path(artifacts, dataset)
-    current = json.loads(path.read_text()) if path.is_file() else {"dataset": dataset, "graphs": {}}
-    current["graphs"].update({name: Path(file).name for name, file in built.items()})
-    write_json(path, current)
-    return path
+    key = dataset_key(dataset)
+    return update_manifest(manifest_path(artifacts, key), "graphs",
+                           {name: Path(file).name for name, file in built.items()},
+                           dataset=dataset.name, key=key)
 
 
-def load_graph_manifest(artifacts, dataset: str) -> dict[str, Path]:
-    """``{"inter": path, "intra": path, "inter-rgcn": path, ...}`` from the dataset's manifest."""
-    return read_manifest(manifest_path(artifacts, dataset), "graphs",
-                         f"no graphs for {dataset}; run `python cli.py build-graphs --data-dir "
-                         f"<folder of {dataset}>` first", "build-graphs")
+def load_graph_manifest(artifacts, key: str) -> dict[str, Path]:
+    """``{"inter": path, "intra": path, "inter-rgcn": path, ...}`` of the dataset's manifest."""
+    path = manifest_path(artifacts, key)
+    return {name: path.parent / entry["file"]
+            for name, entry in manifest_entries(path, "graphs", "build-graphs").items()}

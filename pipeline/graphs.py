@@ -5,7 +5,7 @@
   to a caption of the image), else ``SpaceMismatch``.
 - ``intra`` (intra-modal): the ``object_types`` vector of the tweet's own image against the others'.
 - ``text`` (no image involved, built only on request): the tweet's ``text`` vector against the
-  other tweets' ``text`` vectors; the control for retrieval through images (``--context text``).
+  other tweets' ``text`` vectors; the control for retrieval through images (context ``text``).
 
 Cosine similarity (inner product of L2-normalised vectors), exact search by default (see
 ``search.py``). The pool is every image of the dataset (``pool="all"``, the paper's transductive
@@ -29,16 +29,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import store
 from .artifacts import fingerprint, ids_fingerprint
 from .data import Dataset
 from .errors import InvalidConfig, MissingInput, MnerError, SpaceMismatch
-from .graph_store import (Graph, graph_path, load_graph_manifest, read_graph, reusable,
-                          update_graph_manifest, write_graph)
+from .features import load_manifest, read_features
+from .graph_import import import_rgcn
+from .graph_store import (BuildResult, Graph, graph_path, load_graph_manifest, read_graph,
+                          reusable, update_graph_manifest, write_graph)
 from .progress import no_progress
 from .search import APPROX, BACKENDS, estimate_recall, same_item_pairs, search
 
@@ -113,25 +116,17 @@ def manifest_key(relation: str, source: str = "ours", pool: str = "all") -> str:
     return name if pool == "all" else f"{name}@{pool}"
 
 
-@dataclass
-class BuildResult:
-    name: str                # the manifest key: inter, intra, inter-rgcn, inter@train, ...
-    path: Path
-    reused: bool
-    notes: list[str] = field(default_factory=list)
-
-
-def resolve_features(artifacts, dataset: str, given=()) -> dict[str, Path]:
-    """Feature files by view: the extract manifest by default, else the given manifest / files."""
+def resolve_features(artifacts, key: str, given=()) -> dict[str, Path]:
+    """Feature files by view: the extract manifest of the dataset ``key`` (``store.dataset_key``)
+    by default, else the given manifest / files."""
     import h5py
 
     if not given:
-        from .features import load_manifest
-        return {view: Path(p) for view, p in load_manifest(artifacts, dataset).items()}
+        return {view: Path(p) for view, p in load_manifest(artifacts, key).items()}
     views: dict[str, Path] = {}
     for path in map(Path, given):
         if not path.is_file():
-            raise MissingInput(f"{path}: feature file not found; check --features")
+            raise MissingInput("feature file not found", path=path, setting="features")
         if path.suffix == ".json":
             entries = json.loads(path.read_text())["views"]
             views.update({v: path.parent / e["file"] for v, e in entries.items()})
@@ -139,8 +134,9 @@ def resolve_features(artifacts, dataset: str, given=()) -> dict[str, Path]:
             with h5py.File(path, "r") as h5:
                 view = h5.attrs.get("view")
             if not view:
-                raise MissingInput(f"{path}: not a feature file (no 'view' attribute); pass the "
-                                   "files or manifest.json written by `python cli.py extract`")
+                raise MissingInput("not a feature file (no 'view' attribute)", path=path,
+                                   setting="features",
+                                   hint="give the files or manifest.json that extract wrote")
             views[view.decode() if isinstance(view, bytes) else str(view)] = path
     return views
 
@@ -153,23 +149,23 @@ class _View:
     fingerprint: str
     features: object            # FeatureSet
     sha: dict[str, str]
+    inputs: dict                # the feature file's recorded data inputs
 
 
-def _load_view(views: dict[str, Path], name: str, dataset: str, cache: dict) -> _View:
-    from .features import read_features
-
+def _load_view(views: dict[str, Path], name: str, dataset: Dataset, artifacts,
+               cache: dict) -> _View:
+    """A view's features, refused when its recorded inputs differ from the dataset's content."""
     if name not in views:
-        raise MissingInput(f"no '{name}' features for {dataset} (have: "
-                           f"{', '.join(sorted(views)) or 'none'}); run `python cli.py extract` "
-                           f"for that view first")
+        raise MissingInput(f"no '{name}' features for {dataset.name} (have: "
+                           f"{', '.join(sorted(views)) or 'none'})", value=name, rerun="extract",
+                           stage="build-graphs")
     if name not in cache:
         fs = read_features(views[name])
-        owner = fs.attrs.get("dataset")
-        if owner and owner != dataset:
-            raise MnerError(f"{views[name]}: features of {owner}, not {dataset}; pass the "
-                            f"features of {dataset}")
+        recorded = fs.attrs.get("inputs") or {}
+        store.check_inputs(recorded, store.CurrentInputs(dataset, artifacts), path=views[name],
+                           stage="build-graphs", rerun="extract")
         cache[name] = _View(name, Path(views[name]), str(fs.attrs.get("space")),
-                            str(fs.attrs.get("fingerprint")), fs, _content_hashes(fs))
+                            str(fs.attrs.get("fingerprint")), fs, _content_hashes(fs), recorded)
     return cache[name]
 
 
@@ -243,7 +239,7 @@ def _rank(xq, xb, exclude, config: GraphConfig, progress, info: dict):
 
 def _fingerprint(relation, dataset: Dataset, pool_ids, inputs, config: GraphConfig) -> str:
     return fingerprint({"format": FORMAT_VERSION, "relation": relation, "source": "ours",
-                        "dataset": dataset.name, "queries": ids_fingerprint(dataset.item_ids()),
+                        "queries": ids_fingerprint(dataset.item_ids()),
                         "pool_candidates": ids_fingerprint(pool_ids), "recipe": config.recipe(),
                         "inputs": inputs})
 
@@ -253,15 +249,16 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
                    _cache: dict | None = None) -> BuildResult:
     """Build (or reuse) one relation's graph file; see the module docstring."""
     cache = {} if _cache is None else _cache
-    qv, bv = (_load_view(views, name, dataset.name, cache) for name in VIEWS[relation])
+    qv, bv = (_load_view(views, name, dataset, artifacts, cache) for name in VIEWS[relation])
     if qv.space != bv.space:
         raise SpaceMismatch(f"{relation} graph: {qv.name} features are in space {qv.space!r} but "
                             f"{bv.name} features in {bv.space!r}; extract both with the same "
                             "encoder/bridge")
     candidates = [i for split in POOLS[config.pool] for i in dataset.item_ids(split)]
-    inputs = {v.name: {"file": v.path.name, "fingerprint": v.fingerprint} for v in (qv, bv)}
+    inputs = {**qv.inputs, **bv.inputs, **{f"features:{v.name}": {
+        "file": v.path.name, "sha256": v.fingerprint} for v in (qv, bv)}}
     fp = _fingerprint(relation, dataset, candidates, inputs, config)
-    path = graph_path(artifacts, dataset.name, relation, "ours", fp)
+    path = graph_path(artifacts, store.dataset_key(dataset), relation, "ours", fp)
     name = manifest_key(relation, "ours", config.pool)
     if reusable(path, fp, overwrite):
         return BuildResult(name, path, reused=True)
@@ -290,6 +287,7 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
     attrs = {"relation": relation, "source": "ours", "k": config.k, "pool": config.pool,
              "metric": "cosine", "ranking": "csls" if config.hubness == "csls" else "cosine",
              "space": qv.space, "dataset": dataset.name, "inputs": inputs,
+             "dataset_key": store.dataset_key(dataset),
              "config": config.as_dict(), "fingerprint": fp, "backend": str(info.get("backend")),
              "notes": notes}
     if "recall_at_k" in info:
@@ -305,13 +303,12 @@ def build_graphs(dataset: Dataset, artifacts, config: GraphConfig, *, features=(
     record them in ``<artifacts>/graphs/<dataset>/manifest.json``."""
     results = []
     if config.relations:
-        views = resolve_features(artifacts, dataset.name, features)
+        views = resolve_features(artifacts, store.dataset_key(dataset), features)
         cache: dict = {}
         for relation in config.relations:
             results.append(build_relation(relation, dataset, views, artifacts, config,
                                           overwrite=overwrite, progress=progress, _cache=cache))
     if rgcn_dir is not None:
-        from .graph_import import import_rgcn
         results.extend(import_rgcn(dataset, rgcn_dir, artifacts, overwrite=overwrite))
-    update_graph_manifest(artifacts, dataset.name, {r.name: r.path for r in results})
+    update_graph_manifest(artifacts, dataset, {r.name: r.path for r in results})
     return results

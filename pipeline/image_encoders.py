@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .encoders import RANDOM_SEED, EncoderSpec, autocast, encoder_fingerprint
+from .encoders import RANDOM_SEED, EncoderSpec, encoder_fingerprint
+from .runtime import autocast
 from .errors import MissingInput
 
 
@@ -170,8 +171,9 @@ class ClipEncoder:
             model = _seeded(lambda: open_clip.create_model(spec.identifier, pretrained=pretrained))
         except (RuntimeError, OSError, ValueError) as err:
             raise MissingInput(f"cannot load CLIP {spec.identifier}/{spec.pretrained}: "
-                               f"{str(err).splitlines()[0][:160]}; when offline pass "
-                               f"--clip {spec.identifier}/<local checkpoint file>") from None
+                               f"{str(err).splitlines()[0][:160]}", value=spec.name,
+                               setting="clip", hint=f"offline, name a local checkpoint: "
+                               f"{spec.identifier}/<checkpoint file>") from None
         self.model = model.eval().to(device)
         self.tokenizer = open_clip.get_tokenizer(spec.identifier)
         self.normalize = _Normalizer(spec.preprocess, device)
@@ -195,7 +197,12 @@ class ClipEncoder:
         scale = self.model.logit_scale.exp().float()
         return (scale * image_embeddings @ text_embeddings.T).softmax(-1)
 
-    def encode(self, batch) -> np.ndarray:
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def encode(self, batch, max_length: int | None = None) -> np.ndarray:
+        """Texts (``max_length`` unused: open_clip's context length applies) or images."""
         if isinstance(batch, (list, tuple)):
             return self.encode_text(batch).cpu().numpy()
         return self.encode_image(batch).cpu().numpy()

@@ -108,10 +108,22 @@ def decode_bytes(data: bytes, spec: DecodeSpec) -> tuple[torch.Tensor | None, st
             if img.format == "JPEG" and getattr(img, "n_frames", 1) == 1:
                 img.draft(None, (spec.size, spec.size))
             img.load()
+            if img.format == "JPEG" and _grey_filled(img):
+                return None, "truncated: the lower rows are the decoder's grey fill"
             array = _resize_pil(to_rgb(img), spec)
     except Exception as err:  # noqa: BLE001 - PIL raises many types; each is recorded, not hidden
         return None, failure_reason(err)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous(), ""
+
+
+def _grey_filled(img: Image.Image) -> bool:
+    """The last row is exactly mid-grey: libjpeg's fill for the rows of a file cut short (which
+    PIL loads without an error when the cut data ends in an end-of-image marker)."""
+    if img.mode not in ("RGB", "L", "YCbCr") or img.height < 2:
+        return False
+    extrema = img.crop((0, img.height - 1, img.width, img.height)).getextrema()
+    extrema = [extrema] if img.mode == "L" else extrema
+    return all(tuple(band) == (128, 128) for band in extrema)
 
 
 def read_file(path: Path | None) -> tuple[bytes | None, str]:
@@ -123,6 +135,11 @@ def read_file(path: Path | None) -> tuple[bytes | None, str]:
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         return None, ""
     return data, hashlib.sha256(data).hexdigest()
+
+
+def image_problem(path) -> str:
+    """"" when ``path`` holds a decodable image, else why not (as ``extract`` records it)."""
+    return decode_file(Path(path), DecodeSpec())[1]
 
 
 def decode_file(path: Path | None, spec: DecodeSpec) -> tuple[torch.Tensor | None, str, str]:

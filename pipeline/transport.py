@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 from .artifacts import environment, file_sha256
+from .encoders import get_spec, model_location, weights_fingerprint
 from .errors import CacheMismatch, CorruptInput, MissingInput
 from .progress import no_progress
 
@@ -68,7 +69,6 @@ def export_fp16(encoder: str, out, chunk_mb: float | None = None, chunks_dir=Non
     complete (written to ``<name>.tmp``). The manifest, returned, records where the chunks are,
     relative to ``out``.
     """
-    from .encoders import get_spec, model_location, weights_fingerprint
 
     if chunk_mb is not None and chunk_mb <= 0:
         raise ValueError(f"chunk_mb must be positive, got {chunk_mb}")
@@ -184,7 +184,7 @@ def join_chunks(folder, remove_chunks: bool = False, chunks_dir=None,
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError) as err:
         raise MissingInput(f"{folder / MANIFEST}: cannot read the transport manifest ({err}); "
-                           "give the folder written by python -m pipeline.packaged fp16") from None
+                           "give the folder of a float16 transport copy") from None
     target = folder / manifest["weights"]
     where = Path(chunks_dir) if chunks_dir is not None else folder / manifest.get("chunks_dir", ".")
     if target.is_file() and target.stat().st_size == manifest["bytes"] and \

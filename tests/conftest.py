@@ -9,6 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "fixtures" / "tiny"
 SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
+TINY_KEY = "tiny-4787f17c29ca"     # store.dataset_key of the tiny dataset (its folder in the store)
 
 needs_shared_data = pytest.mark.skipif(
     not (SHARED_DATA / "twitter2017" / "train.txt").is_file(),

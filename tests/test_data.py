@@ -116,7 +116,7 @@ def test_locate_images_finds_other_extensions_and_records_missing(tmp_path):
     found, missing = locate_images(tmp_path, ["a", "b", "c"])
     assert found == {"a": tmp_path / "a.jpg", "b": tmp_path / "b.png"}
     assert missing == ["c"]
-    with pytest.raises(MissingInput, match="image directory not found; check --image-dir"):
+    with pytest.raises(MissingInput, match="image directory not found"):
         locate_images(tmp_path / "nope", ["a"])
 
 

@@ -50,7 +50,7 @@ def test_text_entries_and_get_spec_are_unchanged():
     with pytest.raises(UnknownEncoder) as err:          # CLIP's text tower is --clip's business
         get_spec("clip-vit-b32-openai", "text")
     assert str(err.value) == ("encoder 'clip-vit-b32-openai' is not a text encoder but image+text "
-                              "(CLIP models go to extract --clip); use one of bert-base-cased, "
+                              "(a CLIP model is the clip setting); use one of bert-base-cased, "
                               "bert-base-uncased, minilm-l6, mpnet-base")
     assert "clip-vit-b32-openai" in encoder_names("image")
 
@@ -145,3 +145,28 @@ def test_sentence_encoder_mean_pools_and_normalises(bert_dir):
         manual = encoder.model(**batch).last_hidden_state.mean(1)
     assert np.allclose(vectors[1], torch.nn.functional.normalize(manual, dim=-1)[0], atol=1e-5)
     assert encoder.fingerprint["spec"]["space"] == f"sentence:{bert_dir}"
+
+
+def test_hugging_face_ids_as_users_write_them(bert_dir):
+    from pipeline.encoders import get_spec
+
+    for name in ("roberta-large", "bert-base-cased-finetuned/x", "hf:roberta-large"):
+        spec = get_spec(name, "text")
+        assert spec.library == "transformers" and spec.identifier == name.removeprefix("hf:")
+    assert get_spec("roberta-large").space == get_spec("hf:roberta-large").space
+    assert get_spec(str(bert_dir), "text").identifier == str(bert_dir.resolve())
+    with pytest.raises(UnknownEncoder):
+        get_spec("../not a name", "text")
+
+
+def test_an_uncached_hub_model_offline_fails_at_once_without_tmp_files(tmp_path, monkeypatch):
+    from pipeline.encoders import load_text_backbone
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(MissingInput) as err:
+        load_text_backbone("no-such-org-x1/no-such-model-y2")
+    assert "not in the local Hugging Face cache" in str(err.value)
+    assert err.value.value == "no-such-org-x1/no-such-model-y2" and err.value.hint
+    assert "\n" not in str(err.value) and "--" not in str(err.value)
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.incomplete"))

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+from conftest import TINY_KEY
 from pipeline import extract_passes
 from pipeline.encoders import load_encoder
 from pipeline.errors import InvalidConfig
@@ -46,7 +47,7 @@ def extract(*args):
     return CliRunner().invoke(cli.main, ["extract", *map(str, args)])
 
 
-def views_of(artifacts, dataset="tiny"):
+def views_of(artifacts, dataset=TINY_KEY):
     return {view: read_features(path) for view, path in load_manifest(artifacts, dataset).items()}
 
 
@@ -77,7 +78,7 @@ def test_captions_only_gives_text_caption_bridge_and_caption_objects(tiny_dir, t
 def test_second_run_reuses_every_file_and_does_no_work(tiny_dir, tmp_path, bert, monkeypatch):
     assert extract("--data-dir", tiny_dir, "--artifacts", tmp_path, "--text-encoder", bert,
                    "--quiet").exit_code == 0
-    files = sorted((tmp_path / "features" / "tiny").glob("*.h5"))
+    files = sorted((tmp_path / "features" / TINY_KEY).glob("*.h5"))
     stamps = [f.stat().st_mtime_ns for f in files]
 
     def no_work(*args, **kwargs):
@@ -141,7 +142,7 @@ def test_interrupted_run_resumes_and_equals_a_fresh_one(tiny_dir, tmp_path, bert
                              text_encoder=bert, batch_size=4, text_batch_size=4, workers=0)
     with pytest.raises(Interrupt):
         run_extract(config(tmp_path / "a"), interrupt_after(1))
-    folder = tmp_path / "a" / "features" / "tiny"
+    folder = tmp_path / "a" / "features" / TINY_KEY
     assert not list(folder.glob("*.h5")) and len(list(folder.glob("*.h5.tmp"))) == len(views)
     assert not (folder / "manifest.json").exists()
     summary = run_extract(config(tmp_path / "a"))
@@ -160,15 +161,15 @@ def test_a_file_of_another_configuration_is_refused_until_overwrite(tiny_dir, tm
     args = ["--data-dir", tiny_dir, "--artifacts", tmp_path, "--text-encoder", bert, "--quiet",
             "--views", "text"]
     assert extract(*args).exit_code == 0
-    path = load_manifest(tmp_path, "tiny")["text"]
+    path = load_manifest(tmp_path, TINY_KEY)["text"]
     with h5py.File(path, "r+") as f:
         expected = f.attrs["fingerprint"]
         f.attrs["fingerprint"] = "0" * 64
     result = extract(*args)
     assert result.exit_code == 1
-    assert result.output == (f"Error: {path}: made by another configuration (fingerprint "
-                             f"000000000000, expected {expected[:12]}); pass --overwrite to "
-                             "replace it\n")
+    assert result.output.startswith(f"Error: {path}: made by another configuration (fingerprint "
+                                    f"000000000000, expected {expected[:12]});")
+    assert result.output.count("\n") == 1
     result = extract(*args, "--overwrite")
     assert result.exit_code == 0 and "text          written" in result.output
 
@@ -211,7 +212,7 @@ def test_without_captions_the_image_is_described_by_its_imagenet_labels(tiny_dir
     assert bridge.attrs["space"] == f"sentence:{bert}"
     assert bridge.reason == views["object_types"].reason and bridge.valid.sum() == 8
     assert bridge.content_sha256 == views["object_types"].content_sha256
-    with h5py.File(load_manifest(tmp_path, "tiny")["image_global"]) as f:
+    with h5py.File(load_manifest(tmp_path, TINY_KEY)["image_global"]) as f:
         assert f["features"].dtype == np.float16
 
 
@@ -246,19 +247,22 @@ def test_clip_puts_text_and_images_in_one_space(tiny_dir, tmp_path, image_dir, t
     assert views["object_types"].attrs["space"] == "objects:coco-80-clip"
     assert views["object_types"].features.shape == (12, 80)
     assert views["image_global"].features.shape == (12, 32) and views["text"].valid.all()
-    manifest = json.loads((tmp_path / "features" / "tiny" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "features" / TINY_KEY / "manifest.json").read_text())
     assert manifest["views"]["image_global"]["space"] == space
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--clip", "ViT-B-32/random"], "Error: --clip embeds images: give --image-dir too\n"),
+    (["--clip", "ViT-B-32/random"], "Error: a CLIP model embeds images, and no image folder is "
+                                    "given;"),
     (["--views", "text,pixels"], "Error: unknown view 'pixels'; choose from text, image_global, "
-                                 "object_types, region_grid\n"),
-    (["--views", "region_grid"], "Error: the region_grid view needs images: give --image-dir\n"),
+                                 "object_types, region_grid"),
+    (["--views", "region_grid"], "Error: the region_grid view needs images, and no image folder "
+                                 "is given;"),
 ])
 def test_impossible_configurations_are_one_line_errors(tiny_dir, tmp_path, args, message):
     result = extract("--data-dir", tiny_dir, "--artifacts", tmp_path, *args)
-    assert result.exit_code == 1 and result.output == message
+    assert result.exit_code == 1 and result.output.startswith(message)
+    assert result.output.count("\n") == 1
 
 
 def test_config_validates_itself(tiny_dir):
@@ -270,7 +274,7 @@ def test_cli_says_when_it_resumes_or_starts_a_broken_tmp_over(tiny_dir, tmp_path
     args = ["--data-dir", tiny_dir, "--artifacts", tmp_path, "--text-encoder", bert, "--quiet",
             "--views", "text"]
     assert extract(*args).exit_code == 0
-    path = load_manifest(tmp_path, "tiny")["text"]
+    path = load_manifest(tmp_path, TINY_KEY)["text"]
     path.with_name(path.name + ".tmp").write_bytes(b"\x89HDF killed mid-write")
     result = extract(*args, "--overwrite")      # removes the final file and the .tmp
     assert result.exit_code == 0 and "starting it over" not in result.output

@@ -6,14 +6,19 @@ import numpy as np
 import pytest
 
 from pipeline.errors import CacheMismatch, MissingInput, MnerError
-from pipeline.features import (FeatureWriter, cached, file_path, load_manifest, read_features,
-                               write_manifest)
+from pipeline.data import Dataset, Tweet
+from pipeline.features import FeatureWriter, file_path, load_manifest, read_features, write_manifest
+from pipeline.store import dataset_key, reusable
 
 IDS = ["a", "b", "c", "d", "e"]
 FP = "f" * 64
 ATTRS = {"view": "text", "space": "sentence:test", "source": "tweet_text",
          "encoder": {"name": "t"}, "weights_sha256": "w", "config": {"k": 1},
          "environment": {"code": {}}, "dataset": "toy", "fingerprint": FP}
+
+
+def cached(path, fp, ids, overwrite):
+    return reusable(path, fp, overwrite, stage="extract", item_ids=ids)
 
 
 def rows_of(values):
@@ -47,8 +52,9 @@ def test_rows_join_by_item_id_and_name_a_missing_one(tmp_path):
     assert features[:, 0].tolist() == [3, 0, 1] and valid.tolist() == [True, True, False]
     with pytest.raises(MnerError) as err:
         got.rows(["a", "zz"])
-    assert str(err.value) == (f"{tmp_path / 'x.h5'}: item zz is not in this feature file (toy); "
-                              "re-run `python cli.py extract` for this dataset")
+    assert str(err.value) == (f"{tmp_path / 'x.h5'}: item zz is not in this feature file (made "
+                              "for toy); run the extract stage again")
+    assert (err.value.value, err.value.rerun) == ("zz", "extract")
 
 
 def test_an_interrupted_file_resumes_and_never_looks_complete(tmp_path):
@@ -99,23 +105,28 @@ def test_cached_reuses_refuses_or_overwrites(tmp_path):
     with pytest.raises(CacheMismatch) as err:
         cached(path, "1" * 64, IDS, overwrite=False)
     assert str(err.value) == (f"{path}: made by another configuration (fingerprint ffffffffffff, "
-                              "expected 111111111111); pass --overwrite to replace it")
+                              "expected 111111111111); set overwrite")
     with pytest.raises(CacheMismatch) as err:
         cached(path, FP, IDS[:4], overwrite=False)
     assert str(err.value) == (f"{path}: its item ids differ from the dataset's (5 vs 4 rows); "
-                              "pass --overwrite to replace it")
+                              "set overwrite")
     assert cached(path, "1" * 64, IDS, overwrite=True) is False and not path.exists()
 
 
 def test_manifest_lists_the_views_and_says_how_to_make_it(tmp_path):
+    toy = Dataset("toy", tmp_path, {"train": [Tweet("a", ("x",), ("O",))]})
+    key = dataset_key(toy)
+    assert key.startswith("toy-") and len(key) == len("toy-") + 12
     with pytest.raises(MissingInput) as err:
-        load_manifest(tmp_path, "toy")
-    assert str(err.value) == (f"{tmp_path / 'features' / 'toy' / 'manifest.json'}: no feature "
-                              "manifest; run `python cli.py extract --data-dir <toy folder>` first")
-    path = file_path(tmp_path, "toy", "text", FP)
-    assert path == tmp_path / "features" / "toy" / "text-ffffffffffff.h5"
-    write_manifest(tmp_path, "toy", {"text": {"file": path.name, "fingerprint": FP}})
-    assert load_manifest(tmp_path, "toy") == {"text": path}
+        load_manifest(tmp_path, key)
+    assert str(err.value) == (f"{tmp_path / 'features' / key / 'manifest.json'}: no views "
+                              "recorded for this dataset; run the extract stage again")
+    path = file_path(tmp_path, key, "text", FP)
+    assert path == tmp_path / "features" / key / "text-ffffffffffff.h5"
+    write_manifest(tmp_path, toy, {"text": {"file": path.name, "fingerprint": FP}})
+    assert load_manifest(tmp_path, key) == {"text": path}
+    write_manifest(tmp_path, toy, {"image_global": {"file": "g.h5", "fingerprint": FP}})
+    assert load_manifest(tmp_path, key) == {"text": path, "image_global": path.parent / "g.h5"}
 
 
 def test_rows_go_straight_into_their_chunks_across_chunk_edges_and_resume(tmp_path, monkeypatch):

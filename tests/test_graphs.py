@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from conftest import SHARED_DATA, needs_shared_data
+from conftest import SHARED_DATA, TINY_KEY, needs_shared_data
 from pipeline.data import load_dataset
 from pipeline.diagnostics import diagnose, overlap_at_k
 from pipeline.errors import CacheMismatch
@@ -86,7 +86,7 @@ def test_cli_builds_both_relations_equal_to_brute_force(tiny_dir, features, tmp_
     assert result.exit_code == 0, result.output
     assert "wrote inter:" in result.output and "wrote intra:" in result.output
     assert "hub_share" in result.output and "overlap@" not in result.output
-    paths = load_graph_manifest(tmp_path / "a", "tiny")
+    paths = load_graph_manifest(tmp_path / "a", TINY_KEY)
     assert sorted(paths) == ["inter", "intra"]
     inter = read_graph(paths["inter"])
     assert inter.query_ids == IDS and inter.pool_ids == IDS and inter.k == 3
@@ -103,7 +103,7 @@ def test_cli_builds_both_relations_equal_to_brute_force(tiny_dir, features, tmp_
     assert (inter.I[live] == I_ref[live]).mean() > 0.9
     assert 3 not in inter.I[0] and 0 not in inter.I[3]
     assert inter.attrs["space"] == "sentence:test" and inter.attrs["pool"] == "all"
-    assert inter.attrs["inputs"]["text"]["file"] == "text.h5"
+    assert inter.attrs["inputs"]["features:text"]["file"] == "text.h5"
     edge_index, edge_weight = inter.edges()
     with h5py.File(paths["inter"]) as h5:
         np.testing.assert_array_equal(h5["edge_index"][()], edge_index)
@@ -131,7 +131,7 @@ def test_a_train_pool_holds_train_images_only(tiny_dir, features, tmp_path):
     result = invoke("build-graphs", "--data-dir", tiny_dir, "--artifacts", tmp_path,
                     "--features", features / "manifest.json", "--pool", "train", "--quiet")
     assert result.exit_code == 0, result.output
-    for name, path in load_graph_manifest(tmp_path, "tiny").items():
+    for name, path in load_graph_manifest(tmp_path, TINY_KEY).items():
         graph = read_graph(path)
         assert graph.attrs["pool"] == "train"
         assert set(graph.pool_ids) <= set(TRAIN), name
@@ -159,22 +159,22 @@ def test_graphs_are_reused_and_a_different_file_is_refused(tiny_dir, features, t
     args = ("build-graphs", "--data-dir", tiny_dir, "--artifacts", tmp_path, "--features",
             features / "manifest.json", "--quiet")
     assert invoke(*args).exit_code == 0
-    path = load_graph_manifest(tmp_path, "tiny")["inter"]
+    path = load_graph_manifest(tmp_path, TINY_KEY)["inter"]
     stamp = path.stat().st_mtime_ns
     again = invoke(*args)
     assert "reused inter:" in again.output and "reused intra:" in again.output
     assert path.stat().st_mtime_ns == stamp
     changed = invoke(*args, "--k", 4)                     # another k: another file, no clash
     assert "wrote inter:" in changed.output
-    assert read_graph(load_graph_manifest(tmp_path, "tiny")["inter"]).k == 4
+    assert read_graph(load_graph_manifest(tmp_path, TINY_KEY)["inter"]).k == 4
     with h5py.File(path, "a") as h5:
         expected = h5.attrs["fingerprint"]
         h5.attrs["fingerprint"] = "0" * 64
     refused = invoke(*args)
     assert refused.exit_code == 1
-    assert refused.output == (f"Error: {path}: exists but was built from other inputs or settings "
-                              f"(fingerprint 000000000000, expected {expected[:12]}); rerun "
-                              "build-graphs with --overwrite to replace it\n")
+    assert refused.output.startswith(f"Error: {path}: made by another configuration "
+                                     f"(fingerprint 000000000000, expected {expected[:12]});")
+    assert refused.output.count("\n") == 1
     assert "wrote inter:" in invoke(*args, "--overwrite").output
     assert read_graph(path).attrs["fingerprint"] == expected
 
@@ -186,8 +186,8 @@ def test_changed_features_give_a_new_graph(tiny_dir, features, tmp_path):
     write_features(features / "text.h5", "text", unit(12, 16, 9))
     [second] = build_graphs(dataset, tmp_path, config, features=[features / "manifest.json"])
     assert not second.reused and second.path != first.path
-    assert read_graph(second.path).attrs["inputs"]["text"]["fingerprint"] != \
-        read_graph(first.path).attrs["inputs"]["text"]["fingerprint"]
+    assert read_graph(second.path).attrs["inputs"]["features:text"]["sha256"] != \
+        read_graph(first.path).attrs["inputs"]["features:text"]["sha256"]
 
 
 def test_csls_ranks_exactly_and_damps_a_hub(tiny_dir, tmp_path):
@@ -264,7 +264,7 @@ def test_authors_lists_are_imported_with_missing_tweets_flagged(tiny_dir, featur
     assert ("img2text: 1 neighbour id(s) are not tweets of tiny, 9 occurrences (most: 999 (9x)); "
             "kept in pool_id without features") in result.output
     assert "overlap@5 inter vs inter-rgcn:" in result.output
-    graphs = load_graph_manifest(tmp_path, "tiny")
+    graphs = load_graph_manifest(tmp_path, TINY_KEY)
     assert sorted(graphs) == ["inter", "inter-rgcn", "intra", "intra-rgcn"]
     theirs = read_graph(graphs["inter-rgcn"])
     assert theirs.k == 10 and theirs.attrs["source"] == "rgcn" and theirs.attrs["pool"] == "all"
@@ -301,7 +301,7 @@ def test_an_altered_graph_file_is_refused_when_reused(tiny_dir, features, tmp_pa
     [result] = build_graphs(dataset, tmp_path, config, features=[features / "objects.h5"])
     with h5py.File(result.path, "a") as h5:
         h5.attrs["complete"] = False
-    with pytest.raises(CacheMismatch, match="exists but was built from other inputs"):
+    with pytest.raises(CacheMismatch, match="not marked complete"):
         build_graphs(dataset, tmp_path, config, features=[features / "objects.h5"])
 
 
@@ -342,12 +342,12 @@ def test_a_malformed_graph_manifest_is_one_clear_error(tmp_path):
     from pipeline.errors import CacheMismatch
     from pipeline.graphs import load_graph_manifest
 
-    path = tmp_path / "graphs" / "tiny" / "manifest.json"
+    path = tmp_path / "graphs" / TINY_KEY / "manifest.json"
     path.parent.mkdir(parents=True)
     path.write_text('{"dataset": "tiny"}')
     with pytest.raises(CacheMismatch) as err:
-        load_graph_manifest(tmp_path, "tiny")
-    assert str(err.value) == (f"{path}: malformed manifest ('graphs'); re-run `python cli.py "
-                              "build-graphs`")
+        load_graph_manifest(tmp_path, TINY_KEY)
+    assert str(err.value) == (f"{path}: malformed manifest ('graphs'); run the build-graphs "
+                              "stage again")
     path.write_text('{"dataset": "tiny", "graphs": {"inter": "inter-ours-x.h5"}}')
-    assert load_graph_manifest(tmp_path, "tiny") == {"inter": path.parent / "inter-ours-x.h5"}
+    assert load_graph_manifest(tmp_path, TINY_KEY) == {"inter": path.parent / "inter-ours-x.h5"}

@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 
 from pipeline import packaged, transport
+from tools import packaged as packaged_cli
 from pipeline.encoders import load_text_backbone
 from pipeline.errors import CorruptInput, MissingInput
 
@@ -240,7 +241,7 @@ def test_chunks_split_join_and_refuse_damage(tmp_path, tiny_model):
 def test_command_line_writes_chunks_apart_and_reports_errors_in_one_line(tmp_path, tiny_model,
                                                                         capsys):
     out, chunks = tmp_path / "cli", tmp_path / "cli.chunks"
-    assert packaged.main(["fp16", "--encoder", str(tiny_model), "--out", str(out),
+    assert packaged_cli.main(["fp16", "--encoder", str(tiny_model), "--out", str(out),
                           "--chunk-mb", "0.01", "--chunks-dir", str(chunks)]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith(f"{out}: float16 copy of {tiny_model}")
@@ -248,13 +249,13 @@ def test_command_line_writes_chunks_apart_and_reports_errors_in_one_line(tmp_pat
     assert len(names) >= 2 and not list(out.glob("model.safetensors.0*"))
     assert [line.split()[0] for line in printed[1:]] == [str(chunks / n) for n in names]
     assert json.loads((out / transport.MANIFEST).read_text())["chunks_dir"] == "../cli.chunks"
-    assert packaged.main(["fp16", "--encoder", str(tiny_model), "--out", str(out)]) == 1
+    assert packaged_cli.main(["fp16", "--encoder", str(tiny_model), "--out", str(out)]) == 1
     assert capsys.readouterr().err == (f"Error: {out} exists and is not empty; choose another "
                                        "or delete it\n")
-    assert packaged.main(["join", str(tmp_path)]) == 1
+    assert packaged_cli.main(["join", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"Error: {tmp_path / transport.MANIFEST}: cannot read") and \
         err.count("\n") == 1
-    assert packaged.main(["join", str(out), "--remove-chunks"]) == 0
+    assert packaged_cli.main(["join", str(out), "--remove-chunks"]) == 0
     assert (out / "model.safetensors").is_file() and not list(chunks.iterdir())
     assert sorted(os.listdir(tmp_path)) == ["cli", "cli.chunks"]

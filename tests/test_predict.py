@@ -9,6 +9,7 @@ import numpy as np
 from tagger_fixtures import (invoke, tiny_encoder, tiny_pipeline, tiny_run,  # noqa: F401
                              train_args)
 from trainer.batches import SHAPE_FEATURES
+from conftest import TINY_KEY
 
 
 def test_save_load_predict_gives_the_saved_tags(tiny_run, tiny_pipeline):
@@ -60,7 +61,7 @@ def test_new_tweets_get_the_vectors_of_the_feature_cache(tiny_pipeline):
     tweets = dataset.tweets("train")
     examples = [Example(f"new-{t.item_id}", t.tokens, (), dataset.captions[t.item_id])
                 for t in tweets]
-    for view, path in load_manifest(artifacts, "tiny").items():
+    for view, path in load_manifest(artifacts, TINY_KEY).items():
         cached = read_features(path)
         X, ok = view_vectors(feature_attrs(path), examples, "cpu")
         rows, valid = cached.rows([t.item_id for t in tweets])
@@ -73,14 +74,14 @@ def test_a_caption_run_refuses_an_image_and_usage_errors(tiny_run, tmp_path):
     image.write_bytes(b"not really")
     result = invoke("predict", "--run", tiny_run, "--text", "Obama", "--image", image)
     assert result.exit_code == 1
-    assert result.output == ("Error: this run's image_global features come from captions; give "
-                             "--caption (or --captions for a file), not --image\n")
+    assert result.output.startswith("Error: this run's image_global features come from "
+                                    "captions, not image files;")
+    assert result.output.count("\n") == 1
     result = invoke("predict", "--run", tiny_run)
     assert result.exit_code == 2
     assert "give exactly one of --input FILE or --text TEXT" in result.output
     result = invoke("predict", "--run", tmp_path, "--text", "x")
-    assert result.output == (f"Error: {tmp_path}: not a run folder (no config.json); pass a folder "
-                             "under <artifacts>/runs/\n")
+    assert result.output.startswith(f"Error: {tmp_path}: not a run folder (no config.json);")
 
 
 def test_a_text_only_run_predicts_without_any_image_input(tiny_dir, tmp_path, tiny_encoder):
@@ -120,5 +121,37 @@ def test_region_grids_and_images_end_to_end(tiny_dir, tmp_path, tiny_encoder):
                     images / "101.png", "--caption", "a man on a bridge")
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 4   # 3 token lines and the blank one
+    assert "warning" not in result.stderr
+    check_broken_images(run, tmp_path)
     result = invoke("predict", "--run", run, "--input", tiny_dir / "test.txt")
     assert result.stdout == (run / "predictions_test.conll").read_text()
+
+
+def check_broken_images(run, tmp_path):
+    """Issue 12 case 4: a missing image is an error; an empty file, a file that is not an image
+    and a truncated JPEG are reported and recorded, the tweet tagged without its image."""
+    import io
+
+    from PIL import Image
+
+    from trainer.predict import predict, text_example
+
+    result = invoke("predict", "--run", run, "--text", "Obama", "--image", tmp_path / "no.jpg")
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert result.output.startswith(f"Error: {tmp_path / 'no.jpg'}: image file not found")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buffer, "JPEG")
+    bad = {"empty.jpg": b"", "text.jpg": b"not an image", "cut.jpg": buffer.getvalue()[:300]}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+        result = invoke("predict", "--run", run, "--text", "Obama in Paris", "--image",
+                        tmp_path / name)
+        assert result.exit_code == 0, result.output
+        assert f"warning: text-1: image {tmp_path / name} is not usable (" in result.stderr
+        shown = [line for line in result.stderr.splitlines() if line.startswith("neighbours: ")]
+        record = eval(shown[0][len("neighbours: "):])  # noqa: S307 - our own printed dict
+        assert record["image"].startswith("invalid: ") and record["intra"] == []
+    got = predict(run, [text_example("Obama", image=tmp_path / "empty.jpg")], "cpu")
+    assert got.neighbours[0]["image"] == "invalid: corrupt: empty file"
+    assert got.notes == [f"text-1: image {tmp_path / 'empty.jpg'} is not usable (corrupt: empty "
+                         "file); tagged without it"]

@@ -224,8 +224,7 @@ def test_report_from_real_run_folders(tmp_path):
     assert ("| inter-modal graph | ours graph, pool all, K=5, space sentence:minilm-l6 "
             "(inter-ours-34cec8f8da3b.h5) (rows: full) |") in text
     assert (f"No graph diagnostics: {art / 'graphs' / 'twitter2017' / 'manifest.json'}: no "
-            "graphs for twitter2017; run `python cli.py build-graphs --data-dir <folder of "
-            "twitter2017>` first") in text
+            "graphs recorded for this dataset; run the build-graphs stage again") in text
     rows = {r["row"]: r for r in csv.DictReader(out["csv"].open())}
     assert rows["full"]["seeds_done"] == "1 2 3" and rows["full"]["conlleval_f1"] == "83.1532"
     assert rows["ctx-images"]["status"] == "failed" and rows["no-gate"]["status"] == "not run"

@@ -16,16 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import CacheMismatch
+from pipeline.graph_store import read_graph
+
 
 def load_context(path: Path, dataset, k: int, pool: str) -> tuple[dict[str, list[str]], dict]:
     """``({item: [neighbour tweet ids, best first, at most k]}, record)`` from one graph file.
 
     Neighbours without a tweet in the dataset (the authors' pool holds a few ids with no tweet)
     are skipped, so the next one takes the place."""
-    from pipeline.graphs import read_graph
-
-    from .inputs import check_graph
-
     graph = read_graph(path)
     check_graph(graph, path, dataset, pool)
     items = dataset.item_ids()
@@ -60,3 +59,10 @@ def context_ids(neighbours: list[list[str]], words_of: dict[str, list[str]], tok
 def tweet_words(dataset) -> dict[str, list[str]]:
     """Every tweet's words by item id, all splits."""
     return {t.item_id: list(t.tokens) for tweets in dataset.splits.values() for t in tweets}
+
+
+def check_graph(graph, path, dataset: Dataset, pool: str) -> None:
+    if graph.attrs.get("pool") != pool:
+        raise CacheMismatch(f"built over pool '{graph.attrs.get('pool')}' but this run uses "
+                            f"pool '{pool}'", path=path, value=pool, setting="pool",
+                            rerun="build-graphs")

@@ -19,11 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import store
 from pipeline.artifacts import fingerprint
 from pipeline.data import Dataset, load_dataset
 from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput
+from pipeline.features import load_manifest, read_features
+from pipeline.graph_store import load_graph_manifest, read_graph
+from pipeline.graphs import manifest_key
 
 from .batches import ImageInputs
+from .context import check_graph, load_context
 from .config import TrainConfig
 
 NODE_VIEWS = ("region_grid", "image_global")
@@ -52,24 +57,22 @@ def split_fingerprints(dataset: Dataset) -> dict:
 
 def graph_key(relation: str, source: str, pool: str = "all") -> str:
     """The build-graphs manifest key of a relation's graph (the text graph is only ours)."""
-    from pipeline.graphs import manifest_key
     return manifest_key(relation, "ours" if relation == "text" else source, pool)
 
 
 def resolve_files(config: TrainConfig, dataset: Dataset) -> dict[str, Path]:
     """``{"features": path, "inter": path, "intra": path, "context": path}`` (features only for an
     image model, graphs only for the relations and the context in use)."""
-    model, files = config.model, {}
+    model, files, key = config.model, {}, store.dataset_key(dataset)
     if model.uses_image and config.features:
         files["features"] = Path(config.features)
     elif model.uses_image:
-        from pipeline.features import load_manifest
-        views = load_manifest(config.artifacts, dataset.name)
+        views = load_manifest(config.artifacts, key)
         view = model.node_view if model.node_view != "auto" else next(
             (v for v in NODE_VIEWS if v in views), NODE_VIEWS[-1])
         if view not in views:
-            raise MissingInput(f"no {view} features for {dataset.name} in {config.artifacts}; run "
-                               f"`python cli.py extract --data-dir {config.data_dir}` first")
+            raise MissingInput(f"no {view} features for {dataset.name} in {config.artifacts}",
+                               value=view, stage="train", rerun="extract")
         files["features"] = Path(views[view])
     wanted = {r: graph_key(r, config.graph_source, config.pool)
               for r, on in (("inter", model.inter), ("intra", model.intra)) if on}
@@ -78,19 +81,15 @@ def resolve_files(config: TrainConfig, dataset: Dataset) -> dict[str, Path]:
     given = {"inter": config.inter_graph, "intra": config.intra_graph,
              "context": config.context_graph}
     if any(not given[r] for r in wanted):
-        from pipeline.graphs import load_graph_manifest
-        manifest = load_graph_manifest(config.artifacts, dataset.name)
-    for name, key in wanted.items():
+        manifest = load_graph_manifest(config.artifacts, key)
+    for name, graph in wanted.items():
         if given[name]:
             files[name] = Path(given[name])
-        elif key in manifest:
-            files[name] = Path(manifest[key])
+        elif graph in manifest:
+            files[name] = Path(manifest[graph])
         else:
-            extra = (" --relation text" if key.startswith("text") else "") + (
-                f" --pool {config.pool}" if config.pool != "all" else "")
-            raise MissingInput(f"no {key} graph for {dataset.name} in {config.artifacts}; run "
-                               f"`python cli.py build-graphs --data-dir {config.data_dir}{extra}` "
-                               "first")
+            raise MissingInput(f"no {graph} graph for {dataset.name} in {config.artifacts}",
+                               value=graph, stage="train", rerun="build-graphs")
     return files
 
 
@@ -98,7 +97,36 @@ def load_inputs(config: TrainConfig, log=None) -> TrainInputs:
     """The dataset of ``config.data_dir`` and, unless text-only, its node features and graphs."""
     dataset = load_dataset(config.data_dir)
     files = resolve_files(config, dataset)
+    check_files(files, dataset, config.artifacts, "train")
     return _assemble(dataset, files, config, log)
+
+
+def check_files(files: dict[str, Path], dataset: Dataset, artifacts, stage: str) -> None:
+    """Refuse feature and graph files made from other data than ``dataset``'s current content,
+    or graphs made from other feature files than the dataset's current ones (``StaleArtifact``
+    naming the input and the stage to run again)."""
+    current = store.CurrentInputs(dataset, artifacts)
+    upstream = _current_features(artifacts, dataset)
+    for name, path in files.items():
+        attrs = store.read_attrs(path) if Path(path).is_file() else None
+        if attrs is None:
+            raise MissingInput(f"the {name} file is not there", path=path, stage=stage)
+        if "inputs" not in attrs:
+            raise store.StaleArtifact("records no inputs (made by an older version)",
+                                      input="format", path=path, stage=stage,
+                                      rerun="extract" if name == "features" else "build-graphs")
+        store.check_inputs(attrs["inputs"], current, path=path, stage=stage, rerun="extract",
+                           upstream=upstream)
+
+
+def _current_features(artifacts, dataset: Dataset) -> dict[str, str]:
+    """``features:<view> -> fingerprint`` of the dataset's feature manifest ({} without one)."""
+    path = Path(artifacts, "features", store.dataset_key(dataset), "manifest.json")
+    if not path.is_file():
+        return {}
+    entries = store.manifest_entries(path, "views", "extract")
+    return {f"features:{view}": entry.get("fingerprint") for view, entry in entries.items()
+            if entry.get("fingerprint")}
 
 
 def _assemble(dataset: Dataset, files: dict[str, Path], config: TrainConfig,
@@ -112,8 +140,6 @@ def _assemble(dataset: Dataset, files: dict[str, Path], config: TrainConfig,
             log(f"node features: {inputs.image.view} {list(inputs.image.node_shape)} from "
                 f"{files['features']}; masked: {inputs.files['masked']}")
     if model.context != "none":
-        from .context import load_context
-
         inputs.context, inputs.files["context"] = load_context(
             files["context"], dataset, model.context_k, config.pool)
         if log is not None:
@@ -126,23 +152,19 @@ def _assemble(dataset: Dataset, files: dict[str, Path], config: TrainConfig,
 def build_inputs(dataset: Dataset, files: dict[str, Path], k: int, pool: str,
                  node_view: str = "auto") -> TrainInputs:
     """Join features and graphs to the dataset's items (by id) into ``ImageInputs``."""
-    from pipeline.features import read_features
-    from pipeline.graphs import read_graph
-
     features = read_features(files["features"])
     view = features.attrs.get("view")
     where = files["features"]
     if view not in NODE_VIEWS or node_view not in ("auto", view):
         raise InvalidConfig(f"{where}: holds {view} features; node features must be "
                             f"{node_view if node_view != 'auto' else ' or '.join(NODE_VIEWS)}")
-    _same_dataset(where, features.attrs.get("dataset"), dataset, "extract")
     row_of = {item: row for row, item in enumerate(features.item_ids)}
     items = dataset.item_ids()
     missing = [i for i in items if i not in row_of]
     if missing:
-        raise CacheMismatch(f"{where}: has no row for {len(missing)} item(s) of {dataset.name} "
-                            f"(e.g. {missing[0]}); run `python cli.py extract --data-dir "
-                            f"{dataset.root}` again")
+        raise CacheMismatch(f"has no row for {len(missing)} item(s) of {dataset.name} "
+                            f"(e.g. {missing[0]})", path=where, value=missing[0],
+                            rerun="extract")
     rows = np.array([row_of[i] for i in items], dtype=np.int64)
     own = np.where(features.valid[rows], rows, -1)
     record = {"features": {"path": str(Path(where).resolve()),
@@ -163,9 +185,9 @@ def build_inputs(dataset: Dataset, files: dict[str, Path], k: int, pool: str,
         declared = set(graph.attrs.get("pool_unknown") or ())   # imported ids with no image
         unknown = sorted({graph.pool_ids[j] for j in I[I >= 0] if pool_rows[j] < 0} - declared)
         if unknown:
-            raise CacheMismatch(f"{files[relation]}: its pool holds {len(unknown)} image(s) that "
-                                f"{where.name} has no row for (e.g. {unknown[0]}); rebuild the "
-                                "graphs from these features with `python cli.py build-graphs`")
+            raise CacheMismatch(f"its pool holds {len(unknown)} image(s) that {where.name} has no "
+                                f"row for (e.g. {unknown[0]})", path=files[relation],
+                                value=unknown[0], rerun="build-graphs")
         mapped = np.where(I >= 0, pool_rows[np.maximum(I, 0)], -1)
         mapped = np.where((mapped >= 0) & features.valid[np.maximum(mapped, 0)], mapped, -1)
         neighbours[relation] = (mapped, np.nan_to_num(D.astype(np.float32)))
@@ -182,20 +204,6 @@ def build_inputs(dataset: Dataset, files: dict[str, Path], k: int, pool: str,
     return TrainInputs(dataset, image, record)
 
 
-def _same_dataset(path, recorded, dataset: Dataset, command: str) -> None:
-    if recorded != dataset.name:
-        raise CacheMismatch(f"{path}: built for dataset {recorded}, not {dataset.name}; run "
-                            f"`python cli.py {command} --data-dir {dataset.root}` first")
-
-
-def check_graph(graph, path, dataset: Dataset, pool: str) -> None:
-    _same_dataset(path, graph.attrs.get("dataset"), dataset, "build-graphs")
-    if graph.attrs.get("pool") != pool:
-        raise CacheMismatch(f"{path}: built over pool '{graph.attrs.get('pool')}' but this run "
-                            f"uses pool '{pool}'; pass --pool {graph.attrs.get('pool')} or run "
-                            f"`python cli.py build-graphs --pool {pool}`")
-
-
 def inputs_from_record(run_dir, config: TrainConfig) -> TrainInputs:
     """A saved run's inputs, rebuilt from its ``inputs.json``; refuses changed data or files."""
     run_dir = Path(run_dir)
@@ -207,8 +215,9 @@ def inputs_from_record(run_dir, config: TrainConfig) -> TrainInputs:
     now = split_fingerprints(dataset)
     for split, expected in record["splits"].items():
         if now.get(split, {}).get("sha256") != expected["sha256"]:
-            raise CacheMismatch(f"{dataset.root}/{split}.txt: changed since run {run_dir.name} "
-                                "was trained; evaluate needs the data it was trained on")
+            raise store.StaleArtifact(f"{split}.txt changed since run {run_dir.name} was trained",
+                                      input=f"{split}.txt", path=Path(dataset.root, f"{split}.txt"),
+                                      stage="evaluate", rerun="train")
     files = {}
     for name in ("features", "inter", "intra", "context"):
         entry = (record.get("image") or {}).get(name)
@@ -216,19 +225,17 @@ def inputs_from_record(run_dir, config: TrainConfig) -> TrainInputs:
             continue
         files[name] = Path(entry["path"])
         _check_fingerprint(files[name], entry["fingerprint"], run_dir, name)
+    if files:
+        check_files(files, dataset, Path(next(iter(files.values()))).parents[2], "evaluate")
     return _assemble(dataset, files, config)
 
 
 def _check_fingerprint(path: Path, expected: str, run_dir: Path, name: str) -> None:
-    import h5py
-
     if not path.is_file():
-        raise MissingInput(f"{path}: the {name} file of run {run_dir.name} is gone; restore it or "
-                           "train again")
-    with h5py.File(path, "r") as h5:
-        found = h5.attrs.get("fingerprint")
-    found = found.decode() if isinstance(found, bytes) else found
+        raise MissingInput(f"the {name} file of run {run_dir.name} is gone", path=path,
+                           hint="restore it or train again")
+    found = store.read_attrs(path).get("fingerprint")
     if found != expected:
-        raise CacheMismatch(f"{path}: changed since run {run_dir.name} was trained (fingerprint "
-                            f"{str(found)[:12]}, recorded {str(expected)[:12]}); restore it or "
-                            "train again")
+        raise store.StaleArtifact(f"changed since run {run_dir.name} was trained (fingerprint "
+                                  f"{str(found)[:12]}, recorded {str(expected)[:12]})",
+                                  input=name, path=path, hint="restore it or train again")

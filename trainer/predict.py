@@ -11,20 +11,31 @@ image node and no neighbours in that relation: masked, as in training.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.data import image_path, read_captions, read_umt
+from pipeline.encoders import load_encoder
 from pipeline.errors import InvalidConfig, MissingInput
+from pipeline.features import read_features
+from pipeline.graphs import VIEWS, read_graph
+from pipeline.images import DecodeSpec, decode_file, image_problem
+from pipeline.objects import coco_prompts, imagenet_phrase
 from pipeline.outputs import write_predictions as write_outputs
+from pipeline.producers import CaptionText, Item, text_producer
+from pipeline.search import search
+from pipeline.store import decode_attrs
 
 from .batches import Collator, ImageInputs, encode
 from .config import TrainConfig
 from .context import context_ids, tweet_words
 from .inputs import TrainInputs, inputs_from_record
 from .loop import Split, evaluate
+from .model import load_tagger
+from .run import resolve_device
+
 
 @dataclass
 class Example:
@@ -45,19 +56,31 @@ class Prediction:
     type_names: object
     neighbours: list[dict] = field(default_factory=list)   # per example: {"inter": [ids], ...}
     known: int = 0                             # examples that are items of the run's dataset
+    notes: list[str] = field(default_factory=list)   # what the caller must be told (bad images)
 
 
 def text_example(text: str, caption: str | None = None, image=None) -> Example:
     tokens = tuple(text.split())
     if not tokens:
-        raise InvalidConfig("--text is empty; give the tweet's words separated by spaces")
+        raise InvalidConfig("the text to tag is empty; give the tweet's words separated by "
+                            "spaces", value=text)
+    if image is not None and not Path(image).is_file():
+        raise MissingInput("image file not found", path=image, setting="image")
     return Example("text-1", tokens, (), caption, Path(image) if image else None)
+
+
+def image_notes(examples: list[Example]) -> tuple[list[str], dict[int, str]]:
+    """Notes on the given images that cannot be used (empty, not an image, truncated), and the
+    reason per example index: such an example is tagged without its image, never silently."""
+    reasons = {i: image_problem(e.image) for i, e in enumerate(examples) if e.image is not None}
+    reasons = {i: r for i, r in reasons.items() if r}
+    notes = [f"{examples[i].item_id}: image {examples[i].image} is not usable ({reason}); "
+             "tagged without it" for i, reason in reasons.items()]
+    return notes, reasons
 
 
 def file_examples(path, captions=None, image_dir=None) -> list[Example]:
     """The tweets of a UMT file (gold tags kept), with captions / images looked up by IMGID."""
-    from pipeline.data import image_path, read_captions, read_umt
-
     caps = read_captions(captions) if captions else {}
     return [Example(t.item_id, t.tokens, t.tags, caps.get(t.item_id),
                     image_path(image_dir, t.item_id) if image_dir else None)
@@ -65,19 +88,13 @@ def file_examples(path, captions=None, image_dir=None) -> list[Example]:
 
 
 def _sentence(name: str, config: dict, device: str):
-    from pipeline.encoders import load_encoder
-
-    encoder = load_encoder(name, device)
-    if hasattr(encoder, "max_length"):
-        encoder.max_length = config.get("text", {}).get("max_length", encoder.max_length)
-    return encoder
+    """The label bridge's producer: phrases through the feature file's text encoder."""
+    return CaptionText(load_encoder(name, device), config.get("text", {}).get("max_length"))
 
 
 def _pixels(examples: list[Example], spec: dict):
     """uint8 (n_ok, 3, S, S) images of the examples that have a decodable one, and which."""
     import torch
-
-    from pipeline.images import DecodeSpec, decode_file
 
     decode = DecodeSpec.from_preprocess(spec["preprocess"])
     images, ok = [], []
@@ -92,32 +109,21 @@ def _pixels(examples: list[Example], spec: dict):
 def view_vectors(attrs: dict, examples: list[Example], device: str = "cpu"):
     """The vectors the feature file with ``attrs`` would hold for ``examples``, computed by the
     encoder and from the source it records: ``(X float32 (n, ...), ok bool (n,))``."""
-    from pipeline.encoders import load_encoder
-    from pipeline.extract import tweet_text
-    from pipeline.objects import caption_object_matrix, coco_prompts, imagenet_phrase
-
     view, source, spec = attrs["view"], attrs["source"], attrs["encoder"]
     config = attrs.get("config") or {}
-    if source == "tweet_text":
-        drop_urls = config.get("text", {}).get("drop_urls", True)
-        texts = [tweet_text(e.tokens, drop_urls) for e in examples]
-        ok = np.array([bool(t.strip()) for t in texts])
-        return _sentence(spec["name"], config, device).encode(texts), ok
-    if source == "caption":
-        if any(e.image is not None and e.caption is None for e in examples):
-            raise InvalidConfig(f"this run's {view} features come from captions; give --caption "
-                                "(or --captions for a file), not --image")
-        captions = [e.caption or "" for e in examples]
-        if view == "object_types":
-            X = caption_object_matrix(captions, config.get("counts", False))
-            return X, X.any(axis=1)
-        ok = np.array([bool(c.strip()) for c in captions])
-        return _sentence(spec["name"], config, device).encode(captions), ok
+    if source == "caption" and any(e.image is not None and e.caption is None for e in examples):
+        raise InvalidConfig(f"this run's {view} features come from captions, not image files; "
+                            "give a caption instead of an image", setting="caption")
+    if source in ("tweet_text", "caption"):      # the producer extract used for this file
+        encoder = None if view == "object_types" else load_encoder(spec["name"], device)
+        got = text_producer(source, view, config, encoder).compute(
+            [Item(e.tokens, e.caption) for e in examples])
+        return got.vectors, got.valid
     if source not in ("image", "imagenet_labels"):
         raise InvalidConfig(f"features from source {source!r} cannot be computed for new tweets")
     if any(e.caption is not None and e.image is None for e in examples):
-        raise InvalidConfig(f"this run's {view} features come from image files; give --image "
-                            "(or --image-dir for a file), not --caption")
+        raise InvalidConfig(f"this run's {view} features come from image files, not captions; "
+                            "give an image instead of a caption", setting="image")
     model_spec = config["labeller"]["spec"] if source == "imagenet_labels" else spec
     model = load_encoder(model_spec["name"], device)
     images, ok = _pixels(examples, model_spec)
@@ -129,7 +135,8 @@ def view_vectors(attrs: dict, examples: list[Example], device: str = "cpu"):
         if source == "imagenet_labels":
             top = outputs.argsort(dim=-1, descending=True)[:, :config["topk"]].tolist()
             phrases = [imagenet_phrase([model.classes[c] for c in row]) for row in top]
-            outputs = _sentence(spec["name"], config, device).encode(phrases)
+            outputs = _sentence(spec["name"], config, device).compute(
+                [Item(caption=p) for p in phrases]).vectors
     elif view == "object_types":
         prompts = coco_prompts(config.get("prompt", "a photo of {}."))
         outputs = model.zero_shot(model.encode_image(images), model.encode_text(prompts))
@@ -147,12 +154,7 @@ def feature_attrs(path: Path) -> dict:
     import h5py
 
     with h5py.File(path, "r") as h5:
-        attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in h5.attrs.items()}
-        attrs["shape"] = list(h5["features"].shape[1:])
-    for key in ("encoder", "config", "environment"):
-        if isinstance(attrs.get(key), str):
-            attrs[key] = json.loads(attrs[key])
-    return attrs
+        return {**decode_attrs(h5.attrs), "shape": list(h5["features"].shape[1:])}
 
 
 def _normalised(X: np.ndarray, ok: np.ndarray):
@@ -163,20 +165,15 @@ def _normalised(X: np.ndarray, ok: np.ndarray):
 
 def _neighbours(relation: str, entry: dict, new: list[Example], k: int, device: str):
     """Pool ids (best first, None where missing) and scores of new examples in one relation."""
-    from pipeline.features import read_features
-    from pipeline.graphs import read_graph
-    from pipeline.search import search
-
     graph = read_graph(entry["path"])
     attrs = graph.attrs
     if attrs.get("source", "ours") != "ours" or attrs.get("ranking", "cosine") != "cosine":
         raise InvalidConfig(f"{entry['path']}: neighbours of new tweets can be computed only for "
                             "cosine-ranked graphs built by build-graphs; tag dataset items instead")
-    folder = Path(entry["path"]).parents[2] / "features" / graph.attrs["dataset"]
-    from pipeline.graphs import VIEWS
-
+    folder = Path(entry["path"]).parents[2] / "features" / Path(entry["path"]).parent.name
     query_view, pool_view = VIEWS[relation]
-    files = {v: folder / graph.attrs["inputs"][v]["file"] for v in (query_view, pool_view)}
+    files = {v: folder / graph.attrs["inputs"][f"features:{v}"]["file"]
+             for v in (query_view, pool_view)}
     for view, path in files.items():
         if not path.is_file():
             raise MissingInput(f"{path}: the {view} features the {relation} graph was built from "
@@ -252,22 +249,24 @@ def context_for(examples: list[Example], inputs: TrainInputs, config: TrainConfi
 
 def predict(run_dir, examples: list[Example], device: str = "auto") -> Prediction:
     """Tag ``examples`` with the run in ``run_dir`` (see the module docstring)."""
-    from .model import load_tagger
-    from .run import resolve_device
+    import torch
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
-        raise MissingInput(f"{run_dir}: not a run folder (no config.json); pass a folder under "
-                           "<artifacts>/runs/")
+        raise MissingInput("not a run folder (no config.json)", path=run_dir,
+                           hint="a run folder is one under <artifacts>/runs/")
     if not examples:
         raise InvalidConfig("nothing to tag: the input has no tweets")
     config = TrainConfig.from_json(run_dir / "config.json")
     torch_device = resolve_device(device)
     model, tokenizer, meta = load_tagger(run_dir, torch_device)
     inputs = inputs_from_record(run_dir, config)
+    notes, bad = image_notes(examples)
     image, neighbours, known = None, [{} for _ in examples], 0
     if config.model.uses_image:
         image, neighbours, known = image_inputs_for(examples, inputs, config, str(torch_device))
+    for i, reason in bad.items():
+        neighbours[i]["image"] = f"invalid: {reason}"
     context = None
     if config.model.context != "none":
         words = tweet_words(inputs.dataset)
@@ -284,7 +283,7 @@ def predict(run_dir, examples: list[Example], device: str = "auto") -> Predictio
     result = evaluate(model, Split("predict", encoded, collator, gold), torch_device, table,
                       config.optim.eval_batch_size, config.precision, inputs.dataset.type_names)
     return Prediction(examples, result.tags, result.scores if labelled else None,
-                      inputs.dataset.type_names, neighbours, known)
+                      inputs.dataset.type_names, neighbours, known, notes)
 
 
 def write_predictions(prediction: Prediction, handle, fmt: str = "conll") -> None:
