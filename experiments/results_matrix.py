@@ -1,6 +1,6 @@
 """Run the issue-6 results matrix from scratch and write RESULTS.md, matrix.csv and matrix.json.
 
-    python experiments/results_matrix.py [options] [prepare] [train] [report]     (default: all three)
+    python experiments/results_matrix.py [options] [prepare] [train] [report]   (default: all)
 
 prepare  per dataset: ``cli.py extract``, ``cli.py build-graphs`` (ours + the authors' lists) and
          the tweet-text graph when a planned row needs it; the CLI reuses files that match.
@@ -64,7 +64,7 @@ class MatrixConfig:
     results: Path = ROOT / "RESULTS.md"
     csv: Path = ROOT / "experiments" / "results" / "matrix.csv"
     json: Path = ROOT / "experiments" / "results" / "matrix.json"
-    reading: Path | None = ROOT / "experiments" / "results" / "reading.md"   # by hand; top of RESULTS.md
+    reading: Path | None = ROOT / "experiments" / "results" / "reading.md"  # top of RESULTS.md
 
     def __post_init__(self):
         checks = ((self.datasets, "--datasets must name at least one dataset"),

@@ -12,8 +12,8 @@ Launch (torch's own engine; no process pool, socket protocol or scheduler of our
 torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` in each
 process; ``from_env`` reads them and joins the group with NCCL when the rank runs on CUDA (device
 ``cuda:LOCAL_RANK``), gloo on the CPU. Without them (a plain ``python ...``) or with
-``WORLD_SIZE=1`` nothing is initialised and nothing is imported beyond torch: rank 0 of 1, every
-collective returns its input, ``barrier`` returns at once.
+``WORLD_SIZE=1`` no process group is made: rank 0 of 1, every collective returns its input,
+``barrier`` returns at once.
 
 Shares are contiguous and deterministic: rank r of w gets rows ``[n*r//w, n*(r+1)//w)``, so the
 shares in rank order are the rows in order and their sizes differ by at most one.
@@ -24,6 +24,8 @@ import dataclasses
 import os
 
 import numpy as np
+import torch
+import torch.distributed as td
 
 from .errors import MnerError
 
@@ -72,10 +74,8 @@ class Distributed:
         """Join torchrun's group (see the module docstring); a single process without it.
 
         ``device``: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``; ``backend``
-        overrides nccl/gloo (e.g. gloo between CUDA ranks for a test)."""
-        import torch
-        import torch.distributed as td
-
+        overrides nccl/gloo; ``environ`` (default ``os.environ``) is where the launcher's
+        variables are read (the group itself reads MASTER_ADDR/PORT from ``os.environ``)."""
         env = launcher_env(environ)
         local = 0 if env is None else env["local_rank"]
         if device == "auto":
@@ -106,13 +106,17 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def comm_device(self) -> str:
+        """Where collectives move tensors: this rank's GPU under NCCL, the CPU under gloo."""
+        return self.device if self.backend == "nccl" else "cpu"
+
     def share(self, n: int) -> tuple[int, int]:
         """This rank's rows ``[lo, hi)`` of ``n`` items (``share_bounds``)."""
         return share_bounds(n, self.rank, self.world)
 
     def barrier(self) -> None:
         if self.active:
-            import torch.distributed as td
             td.barrier()
 
     def all_gather(self, array) -> list[np.ndarray]:
@@ -124,17 +128,14 @@ class Distributed:
                             value=array.shape)
         if not self.active:
             return [array]
-        import torch
-        import torch.distributed as td
-
         cells = int(np.prod(array.shape[1:], dtype=np.int64))
         rows = array.reshape(len(array), cells).view(np.uint8)       # each row as its bytes
-        width = cells * array.itemsize
-        sizes = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.world)]
-        td.all_gather(sizes, torch.tensor([len(rows)], dtype=torch.int64, device=self.device))
+        width, where = cells * array.itemsize, self.comm_device
+        sizes = [torch.zeros(1, dtype=torch.int64, device=where) for _ in range(self.world)]
+        td.all_gather(sizes, torch.tensor([len(rows)], dtype=torch.int64, device=where))
         sizes = [int(s.item()) for s in sizes]
-        padded = torch.zeros((max(1, *sizes), width), dtype=torch.uint8, device=self.device)
-        padded[:len(rows)] = torch.from_numpy(rows).to(self.device)
+        padded = torch.zeros((max(1, *sizes), width), dtype=torch.uint8, device=where)
+        padded[:len(rows)] = torch.from_numpy(rows).to(where)
         parts = [torch.empty_like(padded) for _ in range(self.world)]
         td.all_gather(parts, padded)
         return [part[:size].cpu().numpy().view(array.dtype).reshape((size,) + array.shape[1:])
@@ -144,7 +145,6 @@ class Distributed:
         """Every rank's picklable ``obj``, in rank order."""
         if not self.active:
             return [obj]
-        import torch.distributed as td
 
         out = [None] * self.world
         td.all_gather_object(out, obj)
@@ -153,7 +153,6 @@ class Distributed:
     def close(self) -> None:
         """Leave the group if we joined it (idempotent)."""
         if self.owns_group:
-            import torch.distributed as td
             if td.is_initialized():
                 td.destroy_process_group()
             self.owns_group = False
