@@ -51,13 +51,14 @@ def faiss_gpus() -> int:
 def resolve_backend(backend: str, device: str) -> str:
     """The concrete backend: ``faiss-cpu``, ``faiss-gpu`` or ``torch``."""
     if backend not in BACKENDS:
-        raise MnerError(f"unknown search backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        raise MnerError(f"unknown search backend {backend!r}; use one of {', '.join(BACKENDS)}",
+                        value=backend, setting="backend")
     on_cuda = device.startswith("cuda")
     faiss = load_faiss()
     if backend == "faiss":
         if faiss is None:
-            raise MissingInput("the faiss backend needs faiss (pip install faiss-cpu); "
-                               "or use --backend torch")
+            raise MissingInput("the faiss backend needs faiss, which is not installed "
+                               "(pip install faiss-cpu)", value="faiss", setting="backend")
         return "faiss-gpu" if on_cuda and faiss_gpus() > 0 else "faiss-cpu"
     if backend == "torch":
         return "torch"
@@ -313,3 +314,4 @@ def estimate_recall(xq, xb, I, k: int, *, exclude=None, sample: int = 1000, seed
         sub_exclude = (np.searchsorted(rows, exclude[0][keep]), exclude[1][keep])
     _, I_ref = search(xq[rows], xb, k, backend=backend, device=device, exclude=sub_exclude)
     return recall_at_k(np.asarray(I)[rows, :k], I_ref)
+

@@ -1,12 +1,9 @@
-"""bench/neighbour_entities.py: the share of gold mentions found in the neighbours' tweets."""
+"""experiments/neighbour_entities.py: the share of gold mentions found in the neighbours' tweets."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from neighbour_entities import contains, mention_recall, mentions, random_neighbours  # noqa: E402
+from experiments.neighbour_entities import contains, mention_recall, mentions, random_neighbours
 
 
 def tweet(item_id, tokens, tags):

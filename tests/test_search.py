@@ -1,12 +1,14 @@
 """Exact top-k search: every backend against a brute-force numpy reference (ties allowed)."""
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 
 from pipeline import search as search_module
 from pipeline.errors import MissingInput, MnerError
 from pipeline.search import estimate_recall, recall_at_k, same_item_pairs, search
+from pipeline.sharded_search import merge_topk, row_blocks, sharded_search
 
 
 def unit(rows, dims, seed=0):
@@ -124,8 +126,9 @@ def test_without_faiss_auto_falls_back_to_torch_and_faiss_is_refused(monkeypatch
     assert_exact(D, I, xb, xb, 3)
     with pytest.raises(MissingInput) as err:
         search(xb, xb, 3, backend="faiss")
-    assert str(err.value) == ("the faiss backend needs faiss (pip install faiss-cpu); "
-                              "or use --backend torch")
+    assert str(err.value) == ("the faiss backend needs faiss, which is not installed (pip "
+                              "install faiss-cpu); set backend")
+    assert (err.value.setting, err.value.value) == ("backend", "faiss")
     with pytest.raises(MissingInput, match=r"^approximate search \(hnsw\) needs faiss"):
         search(xb, xb, 3, approx="hnsw")
 
@@ -161,3 +164,85 @@ def test_the_benchmark_runs_small_and_lists_what_it_did_not_run(tmp_path, capsys
             in result["not_run"])
     assert "400: torch fp16+rescore (ours) not run (no CUDA device)" in result["not_run"]
     assert "not run: 600: faiss HNSW not run (over --approx-max 400)" in capsys.readouterr().out
+
+
+def integer_ties(seed=3):
+    """Vectors of -1, 0, 1: every score is an exact integer, so ties are real ties."""
+    rng = np.random.default_rng(seed)
+    xb = rng.integers(-1, 2, size=(90, 6)).astype(np.float32)
+    return rng.integers(-1, 2, size=(31, 6)).astype(np.float32), np.concatenate([xb, xb[::-1]])
+
+
+@pytest.mark.parametrize("pool_rows, query_rows", [(1000, 1000), (16, 10), (7, 1), (1, 31)])
+def test_sharded_search_breaks_ties_by_the_lower_pool_row(pool_rows, query_rows):
+    xq, xb = integer_ties()
+    D, I = sharded_search(xq, xb, 9, pool_rows=pool_rows, query_rows=query_rows)
+    D_ref, I_ref, _ = brute_force(xq, xb, 9)             # a stable sort: the lower row first
+    np.testing.assert_array_equal(I, I_ref)
+    np.testing.assert_array_equal(D, D_ref.astype(np.float32))
+    pairs = [(q, q) for q in range(len(xq))] + [(3, 0), (3, 179)]
+    exclude = tuple(np.array(side) for side in zip(*pairs))
+    D, I = sharded_search(xq, xb, 9, exclude=exclude, pool_rows=pool_rows,
+                          query_rows=query_rows)
+    np.testing.assert_array_equal(I, brute_force(xq, xb, 9, pairs)[1])
+
+
+def test_sharded_search_equals_search_on_data_without_ties():
+    xb = unit(300, 24, 9)
+    xq = xb[:70]
+    exclude = (np.arange(70), np.arange(70))
+    D_ref, I_ref = search(xq, xb, 6, backend="torch", precision="float32", exclude=exclude)
+    D, I = sharded_search(xq, xb, 6, exclude=exclude, pool_rows=64, query_rows=32)
+    np.testing.assert_array_equal(I, I_ref)
+    np.testing.assert_allclose(D, D_ref, atol=1e-6)
+    assert_exact(D, I, xq, xb, 6, exclude=list(zip(*exclude)))
+
+
+class CountingRows:
+    """An array-like that records how many rows each read asks for."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.reads = data, data.shape, []
+
+    def __getitem__(self, rows):
+        self.reads.append(rows.stop - rows.start)
+        return self.data[rows]
+
+
+def test_the_pool_streams_from_hdf5_in_row_blocks_and_equals_the_in_memory_path(tmp_path):
+    xq, xb = integer_ties()
+    xb16 = (xb / 3 + unit(len(xb), 6, 4) / 7).astype(np.float16)   # no ties; float16 storage
+    with h5py.File(tmp_path / "pool.h5", "w") as h5:
+        h5.create_dataset("features", data=xb16, chunks=(8, 6))
+    with h5py.File(tmp_path / "pool.h5", "r") as h5:
+        blocks = list(row_blocks(h5["features"], 50, start=10))
+        assert [first for first, _ in blocks] == [10, 60, 110, 160]
+        assert all(b.dtype == np.float32 for _, b in blocks) and len(blocks[-1][1]) == 20
+        np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), xb16[10:])
+        counting = CountingRows(h5["features"])
+        D, I = sharded_search(xq, counting, 5, pool_rows=16, query_rows=8)
+    assert max(counting.reads) == 16 and sum(counting.reads) == len(xb)
+    D_mem, I_mem = sharded_search(xq, xb16.astype(np.float32), 5, pool_rows=16, query_rows=8)
+    np.testing.assert_array_equal(I, I_mem)
+    np.testing.assert_array_equal(D, D_mem)
+    D_one, I_one = sharded_search(xq, xb16.astype(np.float32), 5, pool_rows=len(xb))
+    np.testing.assert_array_equal(I, I_one)
+    np.testing.assert_allclose(D, D_one, atol=1e-6)
+
+
+def test_merge_keeps_the_best_k_of_the_union_ties_to_the_lower_row():
+    a = (np.array([[0.9, 0.5, np.nan]], np.float32), np.array([[7, 3, -1]]))
+    b = (np.array([[0.5, 0.5]], np.float32), np.array([[9, 1]]))
+    D, I = merge_topk([a, b], 4)
+    assert I.tolist() == [[7, 1, 3, 9]] and D[0].tolist() == pytest.approx([0.9, 0.5, 0.5, 0.5])
+    D, I = merge_topk([a], 4)
+    assert I.tolist() == [[7, 3, -1, -1]] and np.isnan(D[0, 2:]).all()
+
+
+def test_sharded_search_refuses_non_finite_rows_and_mismatched_dims():
+    xb = unit(20, 4)
+    xb[13, 2] = np.nan
+    with pytest.raises(MnerError, match="^row 13 holds a value that is not finite"):
+        sharded_search(unit(3, 4), xb, 2, pool_rows=8)
+    with pytest.raises(MnerError, match="^query vectors have 4 dims but pool vectors 5"):
+        sharded_search(unit(3, 4), unit(3, 5), 2)

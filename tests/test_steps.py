@@ -1,7 +1,7 @@
 """Training steps: batch padding to few shapes (what CUDA graphs need) changes no result; the
 graphed step's bookkeeping (warm-up, capture, input copy, replay, fallback) trains exactly as the
 eager step, on the CPU through a stand-in for the CUDA calls; on a GPU (tests marked ``cuda``, run
-by ``bench/gpu_session.sh steps``) the real CUDA graphs update the model as the eager step does."""
+by ``experiments/gpu/gpu_session.sh steps``) the real CUDA graphs update the model as the eager step does."""
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,5 @@
 """RESULTS.md, matrix.csv and matrix.json from the finished run folders of the results matrix
-(the ``report`` stage of bench/results_matrix.py).
+(the ``report`` stage of experiments/results_matrix.py).
 
 Per dataset: the main table (one line per matrix row: seeds done/planned, test P/R/F1 and per-type
 F1 in conlleval mode, F1 in strict mode, mean ± sample std over seeds, wall time, machine, the
@@ -22,9 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.matrix_rows import PAPER  # noqa: E402
-from bench.matrix_runner import RUN_NAME, scan_runs  # noqa: E402
-from bench.summarize_runs import collect_records, scores  # noqa: E402
+from bench.machine import machine  # noqa: E402  (the host the report is written on)
+from experiments.matrix_rows import PAPER  # noqa: E402
+from experiments.matrix_runner import RUN_NAME, scan_runs  # noqa: E402
+from experiments.summarize_runs import collect_records, scores  # noqa: E402
 from pipeline.artifacts import atomic_path  # noqa: E402
 from pipeline.errors import MnerError  # noqa: E402
 from trainer.metrics import mean_std  # noqa: E402
@@ -368,8 +369,6 @@ def write_report(config, table, gains, status: dict, commands_for, paper=PAPER) 
     """Write ``config.results`` (markdown), ``config.csv`` and ``config.json`` for the rows of
     ``table`` in ``report_scope``; ``commands_for(config, rows)`` gives the commands to
     reproduce them. Returns the paths written."""
-    from bench.machine import machine
-
     config, rows = report_scope(config, table, status)
     commands = commands_for(config, rows)
     found = finished_runs(config.artifacts / "runs", config, rows)
@@ -383,7 +382,7 @@ def write_report(config, table, gains, status: dict, commands_for, paper=PAPER) 
         summaries += lines
         all_gains[dataset] = gain_lines
     header = (f"# Results: the R-GCN matrix (issue 6)\n\nWritten {now} by `python "
-              f"bench/results_matrix.py report` on {here['cpu']} ({here['cores']} cores); "
+              f"experiments/results_matrix.py report` on {here['cpu']} ({here['cores']} cores); "
               f"runs read from `{config.artifacts}/runs`. Each row's machine is the one that "
               "trained it (its runs' env.json).")
     reading = config.reading

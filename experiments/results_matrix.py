@@ -1,6 +1,6 @@
 """Run the issue-6 results matrix from scratch and write RESULTS.md, matrix.csv and matrix.json.
 
-    python bench/results_matrix.py [options] [prepare] [train] [report]     (default: all three)
+    python experiments/results_matrix.py [options] [prepare] [train] [report]   (default: all)
 
 prepare  per dataset: ``cli.py extract``, ``cli.py build-graphs`` (ours + the authors' lists) and
          the tweet-text graph when a planned row needs it; the CLI reuses files that match.
@@ -10,7 +10,7 @@ train    one ``cli.py train`` per (dataset, row, seed), slug <dataset>-<row>-s<s
          Longest first; on CUDA up to --gpus x --per-gpu at once, each on the least busy GPU;
          on CPU --jobs. --deadline S: launch nothing new after S seconds (a later call resumes).
 report   RESULTS.md (per dataset: main table, gains with their spread, inputs, graph
-         diagnostics) and the rows as CSV and JSON (bench/matrix_report.py).
+         diagnostics) and the rows as CSV and JSON (experiments/matrix_report.py).
 
 Exit status: 0 all planned runs done, 1 a stage or run failed (its log tail is printed), 3 the
 --deadline left runs for a later call, 2 bad options.
@@ -30,10 +30,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.matrix_rows import GAINS, ROWS, Row  # noqa: E402,F401
-from bench.matrix_runner import (Running, Status, device_slots, last_error,  # noqa: E402
-                                 log_tail, matrix_lock, move_aside, run_echoed, run_queue,
-                                 scan_runs)
+from experiments.matrix_rows import GAINS, ROWS, Row  # noqa: E402,F401
+from experiments.matrix_report import write_report  # noqa: E402
+from experiments.matrix_runner import (Running, Status, device_slots, last_error,  # noqa: E402
+                                       log_tail, matrix_lock, move_aside, run_echoed,
+                                       run_queue, scan_runs)
 from pipeline.encoders import resolve_device  # noqa: E402
 from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput, MnerError  # noqa: E402
 
@@ -61,9 +62,9 @@ class MatrixConfig:
     epochs: int | None = None         # default: the trainer's
     keep_checkpoints: bool = False    # weights of every run (about 90 MB each with MiniLM)
     results: Path = ROOT / "RESULTS.md"
-    csv: Path = ROOT / "bench" / "results" / "matrix.csv"
-    json: Path = ROOT / "bench" / "results" / "matrix.json"
-    reading: Path | None = ROOT / "bench" / "results" / "reading.md"   # by hand; top of RESULTS.md
+    csv: Path = ROOT / "experiments" / "results" / "matrix.csv"
+    json: Path = ROOT / "experiments" / "results" / "matrix.json"
+    reading: Path | None = ROOT / "experiments" / "results" / "reading.md"  # top of RESULTS.md
 
     def __post_init__(self):
         checks = ((self.datasets, "--datasets must name at least one dataset"),
@@ -271,7 +272,7 @@ def reproduce_commands(config: MatrixConfig, rows) -> dict:
     ints = lambda values: ",".join(map(str, values))  # noqa: E731
     python = lambda command: shlex.join(["python", *map(str, command[1:])])  # noqa: E731
     out = {"matrix": python([
-        "", "bench/results_matrix.py", "--datasets", ",".join(config.datasets), "--data-root",
+        "", "experiments/results_matrix.py", "--datasets", ",".join(config.datasets), "--data-root",
         config.data_root, "--artifacts", config.artifacts, "--encoder", config.encoder, "--rows",
         ",".join(r.name for r in rows), "--seeds", ints(config.seeds), "--headline-seeds",
         ints(config.headline_seeds), *(["--epochs", config.epochs] if config.epochs else [])])}
@@ -290,7 +291,7 @@ def run(config: MatrixConfig, stages, table=ROWS, gains=GAINS, argv=()) -> int:
         status = Status(config.artifacts)
         status.data["commands"].append({"at": datetime.now().isoformat(timespec="seconds"),
                                         "stages": list(stages), "command": shlex.join(
-                                            ["python", "bench/results_matrix.py", *argv])})
+                                            ["python", "experiments/results_matrix.py", *argv])})
         status.save()
         if "prepare" in stages:
             skip = run_prepare(config, rows, status)
@@ -298,7 +299,6 @@ def run(config: MatrixConfig, stages, table=ROWS, gains=GAINS, argv=()) -> int:
         if "train" in stages:
             codes.append(run_train(config, plan(config, table), skip, status, started))
         if "report" in stages:
-            from bench.matrix_report import write_report
             written = write_report(config, table, gains, status.data, reproduce_commands)
             print("\n".join(f"wrote {path}" for path in written), flush=True)
     return EXIT_FAILED if EXIT_FAILED in codes else max(codes)
@@ -341,7 +341,7 @@ def parse_args(argv) -> tuple[MatrixConfig, list[str]]:
         p.add_argument(f"--{name}", type=Path, default=getattr(d, name))
     p.add_argument("--reading", type=Path, default=d.reading,
                    help="hand-written markdown put at the top of RESULTS.md when the file exists "
-                        "[default: bench/results/reading.md]")
+                        "[default: experiments/results/reading.md]")
     args = vars(p.parse_args(argv))
     given = args.pop("stages")
     if set(given) - set(STAGES):

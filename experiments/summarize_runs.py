@@ -1,6 +1,6 @@
 """Mean ± std over seeds of finished run folders, grouped by what differs between them.
 
-    python bench/summarize_runs.py artifacts/runs [more run roots...] [--out table.json]
+    python experiments/summarize_runs.py artifacts/runs [more run roots...] [--out table.json]
 
 Groups by dataset, encoder, model variant, graph source, pool and node view (read from each run's
 config.json); prints a markdown table with test P/R/F1 (conlleval and strict), per-type F1

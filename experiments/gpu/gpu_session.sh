@@ -4,17 +4,17 @@
 # travels in git-ignored folders: .whl/ (pytorch-crf, seqeval, efficientnet-lite-pytorch wheels),
 # .carry/data.tar.xz (the benchmark text), .carry/models/minilm-l6-fp16 (float16 MiniLM copy).
 #
-#   bash bench/gpu_session.sh setup features bench     # then, in a second call:
-#   bash bench/gpu_session.sh setup train
-#   bash bench/gpu_session.sh setup matrix             # issue 6: RESULTS.md (see results_matrix.py)
-#   DATASETS=twitter2017 bash bench/gpu_session.sh setup features steps   # issue 5: CUDA graphs
+#   bash experiments/gpu/gpu_session.sh setup features bench     # then, in a second call:
+#   bash experiments/gpu/gpu_session.sh setup train
+#   bash experiments/gpu/gpu_session.sh setup matrix             # issue 6: RESULTS.md (see results_matrix.py)
+#   DATASETS=twitter2017 bash experiments/gpu/gpu_session.sh setup features steps   # issue 5: CUDA graphs
 #
-# Logs and JSON are packed into $OUT/gpu-results.tgz (bench/gpu-results.tgz without $OUT).
+# Logs and JSON are packed into $OUT/gpu-results.tgz (experiments/gpu/gpu-results.tgz without $OUT).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${GPU_OUT:-/tmp/gpu-out}   # GPU_OUT=$OUT/gpu: logs come back even if the call is cut short
 mkdir -p "$out"
-trap 'tar czf "${OUT:-bench}/gpu-results.tgz" -C "$out" .' EXIT
+trap 'tar czf "${OUT:-experiments/gpu}/gpu-results.tgz" -C "$out" .' EXIT
 data=/tmp/mner-data/shared/data
 minilm=.carry/models/minilm-l6-fp16
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -86,11 +86,11 @@ train() {
     tar czf "$out/runs.tgz" --exclude='*.safetensors' artifacts/runs
 }
 
-# The issue-6 results matrix (bench/results_matrix.py), every row, resumable: a later call that
+# The issue-6 results matrix (experiments/results_matrix.py), every row, resumable: a later call that
 # runs this stage again skips finished runs. MATRIX_ARGS adds options (e.g. --rows, --deadline).
 matrix() {
     export OMP_NUM_THREADS=4 MKL_NUM_THREADS=4
-    python3 bench/results_matrix.py --data-root "$data" --encoder "${ENCODER:-/tmp/minilm-l6-fp16}" \
+    python3 experiments/results_matrix.py --data-root "$data" --encoder "${ENCODER:-/tmp/minilm-l6-fp16}" \
         --device cuda --per-gpu "${PER_GPU:-4}" ${MATRIX_ARGS:-} prepare train report \
         2>&1 | tee -a "$out/matrix.log" || true   # exit 1: a run failed, 3: deadline; both reported
     collect
@@ -100,7 +100,7 @@ matrix() {
 # graph files and manifests, RESULTS.md and the CSV/JSON.
 collect() {
     tar czf "$out/matrix.tgz" --exclude='*.safetensors' --exclude='features/*/*.h5' \
-        --exclude='*.conll' artifacts/matrix RESULTS.md bench/results/matrix.* 2>/dev/null || true
+        --exclude='*.conll' artifacts/matrix RESULTS.md experiments/results/matrix.* 2>/dev/null || true
 }
 
 for stage in "$@"; do "$stage"; done

@@ -1,7 +1,7 @@
 """How much entity evidence a neighbour graph carries: the share of a split's gold entity mentions
 whose words (lower-cased) occur in the tweet of at least one of the query's first K neighbours.
 
-    python bench/neighbour_entities.py --data-dir ../shared/data/twitter2017 \\
+    python experiments/neighbour_entities.py --data-dir ../shared/data/twitter2017 \\
         [--artifacts artifacts] [--graphs inter,intra,text,inter-rgcn,intra-rgcn] [--k 3]
 
 A neighbour without a tweet in the dataset counts as an empty tweet. ``random`` draws K other tweets

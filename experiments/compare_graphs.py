@@ -1,6 +1,6 @@
 """Diagnostics of several graph files side by side, and the overlap@K of every pair.
 
-    python bench/compare_graphs.py NAME=graph.h5 NAME=graph.h5 [...] [--k 5]
+    python experiments/compare_graphs.py NAME=graph.h5 NAME=graph.h5 [...] [--k 5]
 
 For example MiniLM vs MPNet inter-modal graphs vs the authors' lists: hubness, coverage, score
 distributions (pipeline/diagnostics.py) and mean |N_a(q) ∩ N_b(q)| / K over the common queries.

@@ -1,4 +1,4 @@
-"""The process side of bench/results_matrix.py: child processes with their logs, the device
+"""The process side of experiments/results_matrix.py: child processes with their logs, the device
 slots they run on, run folders found by slug, the status file and the lock. Knows nothing of
 the matrix's rows: the caller says what to launch and what a finished process means."""
 from __future__ import annotations
