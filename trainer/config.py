@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import InvalidConfig
+from pipeline.graphs import INTRA_VIEWS
 
 NODE_VIEWS = ("auto", "region_grid", "image_global")
 REGION_POOLS = ("attention", "mean")
@@ -138,6 +139,9 @@ class TrainConfig:
     None they come from the manifests that ``extract`` and ``build-graphs`` wrote for the dataset
     (``graph_source`` picks ours or the authors' imported lists). ``pool`` is the pool the graphs
     must have been built over (``all`` = transductive, the paper's; ``train`` = inductive).
+    ``intra_view`` picks which of our intra graphs the run reads from the manifest, for the
+    relation and for ``context="intra"``: the one built from object-type vectors, or the one
+    built from ``image_global`` vectors (with captions: image text -> other images' text).
     """
 
     data_dir: str
@@ -148,6 +152,7 @@ class TrainConfig:
     deterministic: bool = False
     graph_source: str = "ours"
     pool: str = "all"
+    intra_view: str = "object_types"
     features: str | None = None
     inter_graph: str | None = None
     intra_graph: str | None = None
@@ -166,6 +171,11 @@ class TrainConfig:
         _check(self.graph_source in GRAPH_SOURCES, "graph_source must be one of "
                f"{', '.join(GRAPH_SOURCES)}, got {self.graph_source!r}")
         _check(self.pool in POOLS, f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        _check(self.intra_view in INTRA_VIEWS, f"intra_view must be one of "
+               f"{', '.join(INTRA_VIEWS)}, got {self.intra_view!r}", "intra_view")
+        _check(self.intra_view == INTRA_VIEWS[0] or self.graph_source == "ours",
+               f"the authors' graphs have no intra graph from {self.intra_view}; use our graphs "
+               "for it", "graph_source")
         _check(self.precision in PRECISIONS,
                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
