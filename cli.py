@@ -228,6 +228,9 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, intra_view, 
 @click.option("--context", type=click.Choice(["none", "inter", "intra", "text"]), default=None,
               help="Append the tweets paired with a graph's neighbours to the encoder input "
                    "(text: the build-graphs --relation text graph) [default: none].")
+@click.option("--context-labels", is_flag=True,
+              help="Mark the entity spans of the appended tweets that are train tweets "
+                   "([PER Obama ] ...); valid and test neighbours give words only.")
 @click.option("--context-k", type=int, default=None,
               help="Neighbour tweets appended [default: 3].")
 @click.option("--graph-source", type=click.Choice(["ours", "rgcn"]), default=None,

@@ -35,7 +35,9 @@ class ModelConfig:
     ``context`` appends the tweets paired with the first ``context_k`` neighbours of one graph
     (``inter``: the images the tweet's text points to; ``intra``: the images like the tweet's own;
     ``text``: the most similar tweets, no image involved) to the encoder input, after the tweet,
-    within ``context_subwords`` extra subwords; independent of ``text_only``.
+    within ``context_subwords`` extra subwords; independent of ``text_only``. ``context_labels``
+    marks the entity spans of the neighbours that are train tweets (train labels only; valid and
+    test neighbours give words only; see ``trainer.context``).
     ``encoder="auto"`` picks the best offline encoder for the device
     (``pipeline.packaged.best_available_text_encoder``); the run records the name it chose."""
 
@@ -57,6 +59,7 @@ class ModelConfig:
     context: str = "none"             # none, inter, intra or text: the graph giving the tweets
     context_k: int = 3                # neighbour tweets appended
     context_subwords: int = 96        # subword budget of the appended tweets (with separators)
+    context_labels: bool = False      # train neighbours' tweets with their entity spans marked
 
     def __post_init__(self):
         if self.text_only:  # one switch: no image information at all, so nothing image-side is on
@@ -83,6 +86,9 @@ class ModelConfig:
         _check(self.context_subwords >= 8,
                f"model.context_subwords must be >= 8, got {self.context_subwords}",
                "context_subwords")
+        _check(not self.context_labels or self.context != "none",
+               "model.context_labels marks the neighbour tweets of a context; choose a context "
+               "graph", "context")
 
     @property
     def uses_image(self) -> bool:
@@ -100,7 +106,9 @@ class ModelConfig:
         parts += (["no-gate"] if self.uses_image and not self.gate else []) + (
             ["no-shape"] if not self.shape else [])
         name = "-".join(parts) or "full"
-        return name if self.context == "none" else f"{name}-ctx-{self.context}"
+        if self.context == "none":
+            return name
+        return f"{name}-ctx-{self.context}" + ("-labels" if self.context_labels else "")
 
 
 @dataclass(frozen=True)

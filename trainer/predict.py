@@ -269,7 +269,7 @@ def predict(run_dir, examples: list[Example], device: str = "auto") -> Predictio
         neighbours[i]["image"] = f"invalid: {reason}"
     context = None
     if config.model.context != "none":
-        words = tweet_words(inputs.dataset)
+        words = tweet_words(inputs.dataset, config.model.context_labels)
         found = context_for(examples, inputs, config, words, str(torch_device))
         for record, ids in zip(neighbours, found):
             record["context"] = ids
