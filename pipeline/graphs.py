@@ -315,7 +315,8 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
         notes.append(f"approximate ({config.approx}) recall@{config.k} vs exact: "
                      f"{info['recall_at_k']:.4f} on {min(config.recall_sample, len(live))} queries")
     attrs = {"relation": relation, "source": "ours", "k": config.k, "pool": config.pool,
-             "views": list(names), "metric": "cosine", "ranking": "csls" if config.hubness == "csls" else "cosine",
+             "metric": "cosine", "ranking": "csls" if config.hubness == "csls" else "cosine",
+             "views": list(names),
              "space": qv.space, "dataset": dataset.name, "inputs": inputs,
              "dataset_key": store.dataset_key(dataset),
              "config": config.as_dict(), "fingerprint": fp, "backend": str(info.get("backend")),

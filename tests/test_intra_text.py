@@ -106,3 +106,17 @@ def test_a_missing_image_text_intra_graph_says_what_to_build(tiny_pipeline, tiny
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith(
         f"Error: no intra:image_global graph for tiny in {artifacts};")
+
+
+def test_neighbour_entities_scores_the_image_text_intra_graph(text_intra_pipeline, capsys):
+    from experiments.neighbour_entities import evaluate, main
+
+    data, artifacts = text_intra_pipeline
+    rows = evaluate(data, artifacts, ["inter", "intra", "intra:image_global", "nothere"], 2,
+                    "test")
+    assert [r["graph"] for r in rows] == ["inter", "intra", "intra:image_global", "random"]
+    assert all(0 <= r["mention_recall"] <= 1 and r["mentions"] > 0 for r in rows)
+    assert "skipped nothere" in capsys.readouterr().err
+    assert main(["--data-dir", str(data), "--artifacts", str(artifacts), "--graphs",
+                 "intra:image_global", "--k", "2"]) == 0
+    assert "| tiny | intra:image_global | 2 | test |" in capsys.readouterr().out
