@@ -149,6 +149,11 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
               type=click.Choice(["inter", "intra", "text", "none"]),
               help="Build only these relations (repeat) [default: inter and intra]; text: "
                    "tweet -> tweets by text (no image), for --context text; none: import only.")
+@click.option("--intra-view", type=click.Choice(["object_types", "image_global"]),
+              default="object_types", show_default=True,
+              help="What the intra graph compares: object-type vectors, or the image_global "
+                   "vectors (with captions: the image's text -> other images' text; written as "
+                   "intra:image_global, beside intra).")
 @click.option("--import-rgcn/--no-import-rgcn", default=None,
               help="Import the authors' lists from <data-dir>/rgcn [default: if it exists].")
 @click.option("--hubness", type=click.Choice(["none", "csls"]), default="none", show_default=True,
@@ -165,8 +170,8 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
 @device_option
 @quiet_option
 @friendly_errors
-def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn, hubness, ties,
-                 approx, backend, plot, overwrite, device, quiet):
+def build_graphs(data_dir, artifacts, k, pool, features, relations, intra_view, import_rgcn,
+                 hubness, ties, approx, backend, plot, overwrite, device, quiet):
     """Inter-modal and intra-modal top-K neighbour graphs under <artifacts>/graphs/.
 
     \b
@@ -188,7 +193,7 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn,
                          approx=None if approx == "none" else approx,
                          relations=() if "none" in relations
                          else (relations or DEFAULT_RELATIONS),
-                         backend=backend, device=device)
+                         backend=backend, device=device, intra_view=intra_view)
     rgcn_dir = Path(data_dir) / "rgcn"
     use_rgcn = rgcn_dir.is_dir() if import_rgcn is None else import_rgcn
     results = build(dataset, artifacts, config, features=features,
@@ -223,12 +228,18 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn,
 @click.option("--context", type=click.Choice(["none", "inter", "intra", "text"]), default=None,
               help="Append the tweets paired with a graph's neighbours to the encoder input "
                    "(text: the build-graphs --relation text graph) [default: none].")
+@click.option("--context-labels", is_flag=True,
+              help="Mark the entity spans of the appended tweets that are train tweets "
+                   "([PER Obama ] ...); valid and test neighbours give words only.")
 @click.option("--context-k", type=int, default=None,
               help="Neighbour tweets appended [default: 3].")
 @click.option("--graph-source", type=click.Choice(["ours", "rgcn"]), default=None,
               help="Our graphs or the authors' imported lists [default: ours].")
 @click.option("--pool", type=click.Choice(["all", "train"]), default=None,
               help="Pool the graphs must be built over [default: all].")
+@click.option("--intra-view", type=click.Choice(["object_types", "image_global"]), default=None,
+              help="Which intra graph (build-graphs --intra-view) the run reads, for the "
+                   "relation and --context intra [default: object_types].")
 @click.option("--node-view", type=click.Choice(["auto", "region_grid", "image_global"]),
               default=None, help="Node features [default: auto: region grids if extracted].")
 @click.option("--features", type=click.Path(path_type=Path), default=None,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from experiments.matrix_rows import GAINS, ROWS, Row  # noqa: E402,F401
+from experiments.matrix_rows import GAINS, INTRA_TEXT, ROWS, Row  # noqa: E402,F401
 from experiments.matrix_report import write_report  # noqa: E402
 from experiments.matrix_runner import (Running, Status, device_slots, last_error,  # noqa: E402
                                        log_tail, matrix_lock, move_aside, run_echoed,
@@ -51,7 +51,7 @@ class MatrixConfig:
     data_root: Path = ROOT.parent / "shared" / "data"
     artifacts: Path = ROOT / "artifacts" / "matrix"
     encoder: str = "minilm-l6"
-    rows: tuple[str, ...] = tuple(row.name for row in ROWS)
+    rows: tuple[str, ...] = tuple(row.name for row in ROWS if row.default)
     seeds: tuple[int, ...] = (1, 2, 3)
     headline_seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
     device: str = "auto"
@@ -184,6 +184,11 @@ def prepare_commands(config: MatrixConfig, dataset: str, rows) -> list[tuple[str
         steps.append(("train-pool-graphs", cli_command(
             "build-graphs", "--data-dir", data, "--artifacts", art, "--pool", "train", *relations,
             "--no-import-rgcn", "--device", device, "--quiet"), False))
+    if any(INTRA_TEXT in row.graphs for row in rows):
+        steps.append(("intra-text-graph", cli_command(
+            "build-graphs", "--data-dir", data, "--artifacts", art, "--relation", "intra",
+            "--intra-view", "image_global", "--no-import-rgcn", "--device", device, "--quiet"),
+            False))
     return steps
 
 

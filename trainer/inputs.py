@@ -55,9 +55,10 @@ def split_fingerprints(dataset: Dataset) -> dict:
             for name, tweets in dataset.splits.items()}
 
 
-def graph_key(relation: str, source: str, pool: str = "all") -> str:
+def graph_key(relation: str, source: str, pool: str = "all",
+              intra_view: str = "object_types") -> str:
     """The build-graphs manifest key of a relation's graph (the text graph is only ours)."""
-    return manifest_key(relation, "ours" if relation == "text" else source, pool)
+    return manifest_key(relation, "ours" if relation == "text" else source, pool, intra_view)
 
 
 def resolve_files(config: TrainConfig, dataset: Dataset) -> dict[str, Path]:
@@ -74,10 +75,11 @@ def resolve_files(config: TrainConfig, dataset: Dataset) -> dict[str, Path]:
             raise MissingInput(f"no {view} features for {dataset.name} in {config.artifacts}",
                                value=view, stage="train", rerun="extract")
         files["features"] = Path(views[view])
-    wanted = {r: graph_key(r, config.graph_source, config.pool)
+    wanted = {r: graph_key(r, config.graph_source, config.pool, config.intra_view)
               for r, on in (("inter", model.inter), ("intra", model.intra)) if on}
     if model.context != "none":
-        wanted["context"] = graph_key(model.context, config.graph_source, config.pool)
+        wanted["context"] = graph_key(model.context, config.graph_source, config.pool,
+                                      config.intra_view)
     given = {"inter": config.inter_graph, "intra": config.intra_graph,
              "context": config.context_graph}
     if any(not given[r] for r in wanted):

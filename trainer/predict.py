@@ -20,7 +20,7 @@ from pipeline.data import image_path, read_captions, read_umt
 from pipeline.encoders import load_encoder
 from pipeline.errors import InvalidConfig, MissingInput
 from pipeline.features import read_features
-from pipeline.graphs import VIEWS, read_graph
+from pipeline.graphs import graph_views, read_graph
 from pipeline.images import DecodeSpec, decode_file, image_problem
 from pipeline.objects import coco_prompts, imagenet_phrase
 from pipeline.outputs import write_predictions as write_outputs
@@ -171,7 +171,7 @@ def _neighbours(relation: str, entry: dict, new: list[Example], k: int, device: 
         raise InvalidConfig(f"{entry['path']}: neighbours of new tweets can be computed only for "
                             "cosine-ranked graphs built by build-graphs; tag dataset items instead")
     folder = Path(entry["path"]).parents[2] / "features" / Path(entry["path"]).parent.name
-    query_view, pool_view = VIEWS[relation]
+    query_view, pool_view = graph_views(attrs)
     files = {v: folder / graph.attrs["inputs"][f"features:{v}"]["file"]
              for v in (query_view, pool_view)}
     for view, path in files.items():
@@ -269,7 +269,7 @@ def predict(run_dir, examples: list[Example], device: str = "auto") -> Predictio
         neighbours[i]["image"] = f"invalid: {reason}"
     context = None
     if config.model.context != "none":
-        words = tweet_words(inputs.dataset)
+        words = tweet_words(inputs.dataset, config.model.context_labels)
         found = context_for(examples, inputs, config, words, str(torch_device))
         for record, ids in zip(neighbours, found):
             record["context"] = ids

@@ -84,7 +84,8 @@ def make_splits(inputs: TrainInputs, tokenizer, config: TrainConfig, label2id,
     """Encoded splits (all, or ``only`` one) with collators for ``config.model``."""
     model = config.model
     splits = {}
-    words = tweet_words(inputs.dataset) if inputs.context is not None else None
+    words = (tweet_words(inputs.dataset, model.context_labels) if inputs.context is not None
+             else None)
     for name, tweets in inputs.dataset.splits.items():
         if only is not None and name != only:
             continue
