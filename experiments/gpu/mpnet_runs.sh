@@ -9,15 +9,17 @@
 # W survives between calls only while the machine stays warm (30 s idle): send the chunks in
 # back-to-back calls, and collect in the same call as the runs (a cold machine loses W).
 # Env: SEEDS, DATASETS, ROWS (regex over row names), PAR, DEADLINE (s after which nothing new
-# starts), EPOCHS (10), LR (encoder, 5e-5).
+# starts), EPOCHS and LR (encoder; the trainer's defaults when unset; the MPNet runs of
+# 2026-12-02 used EPOCHS=10 LR=5e-5), ENC (the text encoder folder; MiniLM: ENC=$W/carry/models/
+# minilm-l6-fp16, carried as .carry/models/minilm-l6-fp16, no `join`).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 W=/root/mner; mkdir -p $W/logs $W/carry
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
-ENC=$W/carry/models/mpnet-base-fp16
+ENC=${ENC:-$W/carry/models/mpnet-base-fp16}
 PAR=${PAR:-6}; DEADLINE=${DEADLINE:-480}; SEEDS=${SEEDS:-1 2 3 4 5}
-TRAIN_ARGS="--epochs ${EPOCHS:-10} --lr-encoder ${LR:-5e-5} --no-checkpoint --quiet"
+TRAIN_ARGS="${EPOCHS:+--epochs $EPOCHS} ${LR:+--lr-encoder $LR} --no-checkpoint --quiet"
 CTX="--context inter --context-k 5 --context-subwords 160"
 start=$SECONDS; DEADLINE_AT=$(( $(date +%s) + DEADLINE ))
 
@@ -37,6 +39,9 @@ prepare() {
             --text-encoder $ENC --device cuda --quiet 2>&1 | tail -n 12
         python3 cli.py build-graphs --data-dir $W/data/shared/data/$ds --artifacts $W/art \
             --device cuda --quiet 2>&1 | tail -n 6
+        python3 cli.py build-graphs --data-dir $W/data/shared/data/$ds --artifacts $W/art \
+            --relation intra --intra-view image_global --no-import-rgcn --device cuda --quiet \
+            2>&1 | tail -n 3
     done
 }
 jobs() {   # dataset row seed flags... (ROWS: a regex over the row names)
@@ -47,6 +52,8 @@ jobs() {   # dataset row seed flags... (ROWS: a regex over the row names)
         echo "$ds ctx-images-k5 $seed --text-only $CTX"
         echo "$ds full-ctx-images-k5 $seed $CTX"
         [ -n "$mg" ] && echo "$ds ctx-images-k5-minilm-graph $seed --text-only $CTX --context-graph $mg"
+        echo "$ds full-intra-text $seed --intra-view image_global"
+        echo "$ds ctx-labels-k5 $seed --text-only $CTX --context-labels"
     done; done | awk -v r="${ROWS:-.}" '$2 ~ r'
 }
 one() {
