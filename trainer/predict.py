@@ -246,24 +246,45 @@ def run_labels(run_dir: Path) -> LabelSet:
     return LabelSet.from_json(json.loads(path.read_text()))
 
 
-def predict(run_dir, examples: list[Example], device: str = "auto",
-            progress=no_progress) -> Prediction:
-    """Tag ``examples`` with the run in ``run_dir`` (see the module docstring)."""
-    import torch
+@dataclass
+class LoadedRun:
+    """A run loaded once for tagging many times: its config, labels, tagger and pool."""
 
+    path: Path
+    config: TrainConfig
+    labels: LabelSet
+    model: object
+    tokenizer: object
+    meta: dict
+    pool: RunPool
+    device: object
+
+
+def load_run(run_dir, device: str = "auto") -> LoadedRun:
+    """Load the run in ``run_dir``: tagger (``model.load_tagger``), labels, and for an image or
+    context model its pool (``trainer.pool.run_pool``)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise MissingInput("not a run folder (no config.json)", path=run_dir,
                            hint="a run folder is one under <artifacts>/runs/")
-    if not examples:
-        raise InvalidConfig("nothing to tag: the input has no tweets")
     config = TrainConfig.from_json(run_dir / "config.json")
     labels = run_labels(run_dir)
-    gold = gold_tags(examples)
     torch_device = resolve_device(device)
     model, tokenizer, meta = load_tagger(run_dir, torch_device)
-    pool = run_pool(run_dir, config) if config.model.uses_image or config.model.context != \
-        "none" else RunPool()
+    needs_pool = config.model.uses_image or config.model.context != "none"
+    pool = run_pool(run_dir, config) if needs_pool else RunPool()
+    return LoadedRun(run_dir, config, labels, model, tokenizer, meta, pool, torch_device)
+
+
+def predict(run, examples: list[Example], device: str = "auto",
+            progress=no_progress) -> Prediction:
+    """Tag ``examples`` with ``run`` (a run folder, or a ``LoadedRun``; see the module
+    docstring). Scores only when every example has gold tags."""
+    if not examples:
+        raise InvalidConfig("nothing to tag: the input has no tweets")
+    run = run if isinstance(run, LoadedRun) else load_run(run, device)
+    config, pool, torch_device = run.config, run.pool, run.device
+    gold = gold_tags(examples)
     notes, bad = image_notes(examples)
     notes += missing_view_notes(examples, config)
     image, neighbours, known = None, [{} for _ in examples], 0
@@ -276,14 +297,15 @@ def predict(run_dir, examples: list[Example], device: str = "auto",
         found = context_for(examples, pool, config, str(torch_device))
         for record, ids in zip(neighbours, found):
             record["context"] = ids
-        context = context_ids(found, pool.words, tokenizer, config.model.context_subwords)
-    encoded = encode(examples, tokenizer, meta["label2id"], config.model.max_subwords, context)
-    collator = Collator(encoded, tokenizer.pad_token_id, image, np.arange(len(examples)),
+        context = context_ids(found, pool.words, run.tokenizer, config.model.context_subwords)
+    encoded = encode(examples, run.tokenizer, run.meta["label2id"], config.model.max_subwords,
+                     context)
+    collator = Collator(encoded, run.tokenizer.pad_token_id, image, np.arange(len(examples)),
                         config.model.inter, config.model.intra, config.model.k)
     table = None if image is None else image.node_table(torch_device, config.precision)
-    result = evaluate(model, Split("predict", encoded, collator, gold), torch_device, table,
-                      config.optim.eval_batch_size, config.precision, labels, progress)
-    return Prediction(examples, result.tags, result.scores, labels, neighbours, known, notes)
+    result = evaluate(run.model, Split("predict", encoded, collator, gold), torch_device, table,
+                      config.optim.eval_batch_size, config.precision, run.labels, progress)
+    return Prediction(examples, result.tags, result.scores, run.labels, neighbours, known, notes)
 
 
 def neighbour_lines(record: dict) -> list[str]:
