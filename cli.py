@@ -366,8 +366,8 @@ def predict(run, input_file, text, image, caption, captions, image_dir, output, 
         raise click.UsageError("give exactly one of --input FILE or --text TEXT")
     fmt = "conll"
     if output is not None:
-        fmt = format_of(output)
         writable_file(output, setting="output")     # before the work, not after it
+        fmt = format_of(output)
     examples = (file_examples(input_file, captions, image_dir, run_labels(Path(run)))
                 if input_file else [text_example(text, caption, image)])
     result = tag(run, examples, device, progress_factory(quiet or text is not None))
