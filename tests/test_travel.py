@@ -30,13 +30,18 @@ def moved_run(tiny_pipeline, tiny_encoder, tmp_path_factory):
     return moved
 
 
-def test_the_run_folder_holds_its_pool(moved_run):
+def test_the_run_folder_holds_its_pool(moved_run, tmp_path):
     import h5py
 
     with h5py.File(moved_run / "pool.h5", "r") as h5:
         assert {"image", "search", "context", "words"} <= set(h5)
         assert set(h5["search"]) == {"inter", "intra", "context"}
         assert h5["search/inter/xb"].dtype == "float16"
+    without = tmp_path / "no-pool"              # what the tests below would meet without it
+    shutil.copytree(moved_run, without)
+    (without / "pool.h5").unlink()
+    result = invoke("predict", "--run", without, "--text", "Obama visits Paris")
+    assert result.exit_code == 1 and "data folder of run" in result.output
 
 
 @pytest.mark.parametrize("extra", [(), ("--caption", "a man waving at a crowd")])
