@@ -307,27 +307,45 @@ def train(config_file, seeds, quiet, **options):
 @main.command(context_settings=CONTEXT)
 @click.option("--run", type=click.Path(path_type=Path), required=True, help="A run folder.")
 @click.option("--split", default="test", show_default=True, help="train, valid or test.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Where the run's data is now, when the recorded folder moved (its content must "
+                   "be the one the run was trained on) [default: the recorded folder].")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Also write the scores to this .json file.")
 @device_option
+@quiet_option
 @friendly_errors
-def evaluate(run, split, device):
+def evaluate(run, split, data_dir, output, device, quiet):
     """Re-score a saved run on a split and print its P/R/F1 table (both modes).
 
-    The run loads from its folder alone (safetensors + JSON); the data and the feature and graph
-    files it recorded must be unchanged.
+    The run loads from its folder alone (safetensors + JSON, the neighbour pool of its pool.h5);
+    the data must be the content it was trained on, in the recorded folder or in --data-dir.
 
-    Example: python cli.py evaluate --run artifacts/runs/<id> --split test
+    Example: python cli.py evaluate --run artifacts/runs/<id> --split test -o test.json
     """
+    from pipeline.artifacts import write_json
     from trainer.metrics import format_table
     from trainer.run import evaluate_run
 
-    result, _ = evaluate_run(run, split, device)
+    if output is not None:
+        if output.suffix != ".json":
+            raise click.BadParameter(f"{output}: the scores are written as JSON; name a .json "
+                                     "file", param_hint="--output")
+        writable_file(output, setting="output")     # before the work, not after it
+    result, _ = evaluate_run(run, split, device, data_dir, progress_factory(quiet))
     click.echo(format_table(result.scores, f"{split} ({run}, {len(result.tags)} tweets)"))
+    if output is not None:
+        write_json(output, {"run": str(run), "split": split, "tweets": len(result.tags),
+                            **result.scores})
+        click.echo(f"wrote {output}")
 
 
 @main.command(context_settings=CONTEXT)
 @click.option("--run", type=click.Path(path_type=Path), required=True, help="A run folder.")
 @click.option("--input", "input_file", type=click.Path(path_type=Path), default=None,
-              help="Tweets in the UMT format (IMGID lines, token<TAB>tag; tags may all be O).")
+              help="Tweets to tag: UMT (IMGID lines, token<TAB>tag), JSON lines (.jsonl: id, "
+                   "tokens, optional tags and image) or plain text (one tweet per line, tokens "
+                   "separated by spaces). Gold tags, when given, are scored.")
 @click.option("--text", default=None, help="One tweet, words separated by spaces.")
 @click.option("--image", type=click.Path(path_type=Path), default=None,
               help="The --text tweet's image file.")
@@ -335,40 +353,48 @@ def evaluate(run, split, device):
 @captions_option
 @image_dir_option
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
-              help="Write the tagged tweets (CoNLL) here instead of stdout.")
+              help="Write the tagged tweets here instead of stdout: .conll/.txt (CoNLL with an "
+                   "id column) or .jsonl (tokens, tags, entity spans).")
 @device_option
+@quiet_option
 @friendly_errors
-def predict(run, input_file, text, image, caption, captions, image_dir, output, device):
-    """Tag new tweets with a saved run (a UMT file, or one --text with --image/--caption).
+def predict(run, input_file, text, image, caption, captions, image_dir, output, device, quiet):
+    """Tag new tweets with a saved run (a file, or one --text with --image/--caption).
 
     New tweets get their neighbours from the run's pool through the same encoders and search as
     build-graphs; tweets of the run's dataset keep their recorded neighbours. With gold tags in
-    --input, the P/R/F1 table goes to stderr.
+    --input, the P/R/F1 table goes to stderr; untagged input gives predictions only.
 
     Example: python cli.py predict --run artifacts/runs/<id> --text "Obama visits Paris"
     """
     from pipeline.artifacts import atomic_path
+    from pipeline.outputs import format_of
     from trainer.metrics import format_table
-    from trainer.predict import file_examples, predict as tag, text_example, write_predictions
+    from trainer.predict import (file_examples, neighbour_lines, predict as tag, run_labels,
+                                 text_example, write_predictions)
 
     if (input_file is None) == (text is None):
         raise click.UsageError("give exactly one of --input FILE or --text TEXT")
+    fmt = "conll"
     if output is not None:
         writable_file(output, setting="output")     # before the work, not after it
-    examples = (file_examples(input_file, captions, image_dir) if input_file
-                else [text_example(text, caption, image)])
-    result = tag(run, examples, device)
+        fmt = format_of(output)
+    examples = (file_examples(input_file, captions, image_dir, run_labels(Path(run)))
+                if input_file else [text_example(text, caption, image)])
+    result = tag(run, examples, device, progress_factory(quiet or text is not None))
     for note in result.notes:
         click.echo(f"warning: {note}", err=True)
     if text is not None and result.neighbours[0]:
-        click.echo(f"neighbours: {result.neighbours[0]}", err=True)
+        click.echo("neighbours:", err=True)
+        for line in neighbour_lines(result.neighbours[0]):
+            click.echo(f"  {line}", err=True)
     if result.scores is not None:
         click.echo(format_table(result.scores, f"{input_file} ({len(examples)} tweets)"), err=True)
     if output is None:
-        write_predictions(result, sys.stdout)
+        write_predictions(result, sys.stdout, fmt)
         return
     with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        write_predictions(result, out)
+        write_predictions(result, out, fmt)
     click.echo(f"wrote {output}")
 
 

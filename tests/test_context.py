@@ -2,7 +2,6 @@
 encoder input, through build-graphs' text relation, train, evaluate and predict."""
 from __future__ import annotations
 
-import ast
 import json
 import shutil
 from types import SimpleNamespace
@@ -125,8 +124,8 @@ def test_a_context_run_trains_evaluates_and_predicts(context_pipeline, tiny_enco
     assert result.stdout == (run / "predictions_test.conll").read_text()
     result = invoke("predict", "--run", run, "--text", "Obama visits Paris today")
     assert result.exit_code == 0, result.output
-    shown = [line for line in result.output.splitlines() if line.startswith("neighbours: ")]
-    found = ast.literal_eval(shown[0][len("neighbours: "):])["context"]
+    shown = [line for line in result.stderr.splitlines() if line.startswith("  neighbour tweets: ")]
+    found = shown[0].split(": ", 1)[1].split(", ")
     assert len(found) == 2 and all(n in words for n in found)
 
 

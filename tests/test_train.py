@@ -176,6 +176,7 @@ def test_graphs_of_both_pools_live_side_by_side_and_a_wrong_pool_is_refused(
 def test_evaluate_refuses_a_changed_graph_file(tiny_run, tmp_path):
     run = tmp_path / tiny_run.name
     shutil.copytree(tiny_run, run)
+    (run / "pool.h5").unlink()      # a run from before pool.h5 re-reads its recorded files
     record = json.loads((run / "inputs.json").read_text())
     graph = tmp_path / "inter.h5"
     shutil.copy(record["image"]["inter"]["path"], graph)
