@@ -339,9 +339,6 @@ def ensemble(runs, split, output, device):
 
     Example: python cli.py ensemble --run artifacts/runs/<id1> --run artifacts/runs/<id2>
     """
-    import json
-
-    from pipeline.artifacts import atomic_path
     from trainer.ensemble import ensemble as run_ensemble, summary_lines
     from trainer.metrics import format_table
 
@@ -351,9 +348,7 @@ def ensemble(runs, split, output, device):
     click.echo(format_table(result.scores, f"{split} (ensemble of {len(runs)} runs)"))
     click.echo("\n".join(summary_lines(result)))
     if output is not None:
-        with atomic_path(output) as tmp:
-            Path(tmp).write_text(json.dumps(result.record(), indent=2) + "\n")
-        click.echo(f"wrote {output}")
+        click.echo(f"wrote {result.write(output)}")
 
 
 @main.command(context_settings=CONTEXT)

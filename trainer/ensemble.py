@@ -13,18 +13,23 @@ Each member is also scored alone from the same emissions with its own potentials
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from pipeline.artifacts import atomic_path
 from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput
 from pipeline.runtime import autocast
 
 from .config import TrainConfig
 from .crf import viterbi
+from .inputs import inputs_from_record
 from .loop import eval_loader
-from .metrics import score
+from .metrics import mean_std, score
+from .model import load_tagger
+from .run import make_splits, node_table, resolve_device
 
 MAY_DIFFER = ("seed", "slug", "device", "checkpoint")   # settings members may differ in
 
@@ -55,6 +60,12 @@ class EnsembleResult:
                 "seeds": [m.seed for m in self.members], "ensemble": self.scores,
                 "members": [{"run": str(m.run), "seed": m.seed, "scores": m.scores}
                             for m in self.members]}
+
+    def write(self, path) -> Path:
+        """``record()`` as JSON at ``path`` (atomically)."""
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(self.record(), indent=2) + "\n")
+        return Path(path)
 
 
 def check_members(configs: dict[Path, TrainConfig]) -> None:
@@ -120,10 +131,6 @@ def average(members: list[Member]):
 
 def load_member(run_dir: Path, split: str, device: str):
     """A run's ``Member`` on ``split``, plus the split's gold tags, word counts and type names."""
-    from .inputs import inputs_from_record
-    from .model import load_tagger
-    from .run import make_splits, node_table, resolve_device
-
     config = TrainConfig.from_json(run_dir / "config.json")
     inputs = inputs_from_record(run_dir, config)
     if split not in inputs.dataset.splits:
@@ -173,8 +180,6 @@ def f1_line(scores: dict, mode: str) -> float:
 
 def summary_lines(result: EnsembleResult) -> list[str]:
     """The members' F1 (mean ± std) and the ensemble's, both modes, apart."""
-    from .metrics import mean_std
-
     lines = []
     for mode in ("conlleval", "strict"):
         single = [f1_line(m.scores, mode) for m in result.members]
