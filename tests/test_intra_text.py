@@ -68,6 +68,11 @@ def test_an_unknown_intra_view_is_refused():
         GraphConfig(intra_view="text")
     with pytest.raises(InvalidConfig, match="the authors' graphs have no intra graph"):
         TrainConfig(data_dir="x", graph_source="rgcn", intra_view="image_global")
+    text = TrainConfig(data_dir="x", intra_view="image_global")
+    assert text.variant() == "full-intra-text"
+    assert text.with_overrides(text_only=True).variant() == "text-only"
+    assert text.with_overrides(text_only=True, context="intra").variant() == \
+        "text-only-ctx-intra-intra-text"
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +92,7 @@ def test_train_reads_the_intra_graph_of_its_intra_view(text_intra_pipeline, tiny
     result = invoke(*train_args(data, artifacts, tiny_encoder, "--intra-view", "image_global",
                                 "--epochs", 1))
     assert result.exit_code == 0, result.output
-    [run] = (artifacts / "runs").glob("*-tiny-full-s1")
+    [run] = (artifacts / "runs").glob("*-tiny-full-intra-text-s1")
     manifest = json.loads((artifacts / "graphs" / TINY_KEY / "manifest.json").read_text())
     assert TrainConfig.from_json(run / "config.json").intra_view == "image_global"
     recorded = json.loads((run / "inputs.json").read_text())["image"]
