@@ -31,6 +31,7 @@ def main(debug):
       build-graphs  inter-modal and intra-modal neighbour graphs (FAISS)
       train         the text encoder + GCN + gate + CRF tagger
       evaluate      re-score a saved run;  predict: tag new tweets
+      ensemble      tag a split with several seeds of one run config together
       stats         per-split counts of a dataset
     """
 
@@ -338,6 +339,32 @@ def evaluate(run, split, data_dir, output, device, quiet):
         write_json(output, {"run": str(run), "split": split, "tweets": len(result.tags),
                             **result.scores})
         click.echo(f"wrote {output}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--run", "runs", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="A run folder (repeat); runs of one config, seeds apart.")
+@click.option("--split", default="test", show_default=True, help="train, valid or test.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Also write the ensemble's and each member's scores as JSON here.")
+@device_option
+@friendly_errors
+def ensemble(runs, split, output, device):
+    """Tag a split with a seed ensemble: the runs' emissions and CRF potentials averaged, then
+    Viterbi. Prints each single model's F1 and the ensemble's, apart, and its P/R/F1 table.
+
+    Example: python cli.py ensemble --run artifacts/runs/<id1> --run artifacts/runs/<id2>
+    """
+    from trainer.ensemble import ensemble as run_ensemble, summary_lines
+    from trainer.metrics import format_table
+
+    if output is not None:
+        writable_file(output, setting="output")
+    result = run_ensemble(runs, split, device)
+    click.echo(format_table(result.scores, f"{split} (ensemble of {len(runs)} runs)"))
+    click.echo("\n".join(summary_lines(result)))
+    if output is not None:
+        click.echo(f"wrote {result.write(output)}")
 
 
 @main.command(context_settings=CONTEXT)

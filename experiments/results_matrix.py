@@ -330,7 +330,8 @@ def parse_args(argv) -> tuple[MatrixConfig, list[str]]:
     p.add_argument("--artifacts", type=Path, default=d.artifacts)
     p.add_argument("--encoder", default=d.encoder, help="text encoder: name or local folder")
     p.add_argument("--rows", type=comma_list(), default=d.rows,
-                   help=f"subset of: {', '.join(d.rows)}")
+                   help=f"subset of: {', '.join(row.name for row in ROWS)} [default: the "
+                        "rows without the opt-in ones of issue 15]")
     p.add_argument("--seeds", type=comma_list(int), default=d.seeds)
     p.add_argument("--headline-seeds", type=comma_list(int), default=d.headline_seeds)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")

@@ -68,6 +68,11 @@ def test_an_unknown_intra_view_is_refused():
         GraphConfig(intra_view="text")
     with pytest.raises(InvalidConfig, match="the authors' graphs have no intra graph"):
         TrainConfig(data_dir="x", graph_source="rgcn", intra_view="image_global")
+    text = TrainConfig(data_dir="x", intra_view="image_global")
+    assert text.variant() == "full-intra-text"
+    assert text.with_overrides(text_only=True).variant() == "text-only"
+    assert text.with_overrides(text_only=True, context="intra").variant() == \
+        "text-only-ctx-intra-intra-text"
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +92,13 @@ def test_train_reads_the_intra_graph_of_its_intra_view(text_intra_pipeline, tiny
     result = invoke(*train_args(data, artifacts, tiny_encoder, "--intra-view", "image_global",
                                 "--epochs", 1))
     assert result.exit_code == 0, result.output
-    [run] = (artifacts / "runs").iterdir()
+    [run] = (artifacts / "runs").glob("*-tiny-full-intra-text-s1")
     manifest = json.loads((artifacts / "graphs" / TINY_KEY / "manifest.json").read_text())
     assert TrainConfig.from_json(run / "config.json").intra_view == "image_global"
     recorded = json.loads((run / "inputs.json").read_text())["image"]
     assert recorded["intra"]["path"].endswith(manifest["graphs"]["intra:image_global"])
     assert recorded["inter"]["path"].endswith(manifest["graphs"]["inter"])
+    assert recorded["intra"]["views"] == ["image_global", "image_global"]
     result = invoke("evaluate", "--run", run)
     assert result.exit_code == 0, result.output
     result = invoke("predict", "--run", run, "--text", "Obama visits Paris",
@@ -120,3 +126,19 @@ def test_neighbour_entities_scores_the_image_text_intra_graph(text_intra_pipelin
     assert main(["--data-dir", str(data), "--artifacts", str(artifacts), "--graphs",
                  "intra:image_global", "--k", "2"]) == 0
     assert "| tiny | intra:image_global | 2 | test |" in capsys.readouterr().out
+
+
+def test_an_intra_graph_file_from_image_text_works_through_the_existing_option(
+        text_intra_pipeline, tiny_encoder):
+    data, artifacts = text_intra_pipeline
+    graph = load_graph_manifest(artifacts, TINY_KEY)["intra:image_global"]
+    result = invoke(*train_args(data, artifacts, tiny_encoder, "--intra-graph", graph,
+                                "--epochs", 1, "--slug", "given-file"))
+    assert result.exit_code == 0, result.output
+    [run] = (artifacts / "runs").glob("*-given-file")
+    recorded = json.loads((run / "inputs.json").read_text())["image"]["intra"]
+    assert recorded["path"] == str(graph.resolve())
+    assert recorded["views"] == ["image_global", "image_global"]
+    result = invoke("predict", "--run", run, "--text", "Obama visits Paris", "--caption",
+                    "a man waving")
+    assert result.exit_code == 0, result.output

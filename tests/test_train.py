@@ -34,9 +34,9 @@ def test_config_round_trips_and_refuses_bad_values(tmp_path):
     with pytest.raises(Exception) as err:
         TrainConfig.from_json(path)
     assert str(err.value) == (f"{path}: model: unknown key 'layers'; valid keys: bio_constraints, "
-                              "context, context_k, context_subwords, dropout, encoder, gate, "
-                              "gcn_layers, graph_dim, heads, inter, intra, k, max_subwords, "
-                              "node_view, region_pool, shape, text_only")
+                              "context, context_k, context_labels, context_subwords, dropout, "
+                              "encoder, gate, gcn_layers, graph_dim, heads, inter, intra, k, "
+                              "max_subwords, node_view, region_pool, shape, text_only")
     with pytest.raises(Exception) as err:
         ModelConfig(graph_dim=30, heads=4)
     assert str(err.value) == "model.graph_dim (30) must be a positive multiple of model.heads (4)"

@@ -191,6 +191,13 @@ class TrainConfig:
             self.slug and all(c.isalnum() or c in "-_." for c in self.slug)),
             f"slug {self.slug!r} may hold only letters, digits, '-', '_' and '.'", "slug")
 
+    def variant(self) -> str:
+        """``model.variant()``, plus ``-intra-text`` when the run reads the intra graph built from
+        the image_global vectors (for the relation or the context)."""
+        name = self.model.variant()
+        reads_intra = (self.model.intra and self.model.uses_image) or self.model.context == "intra"
+        return name + ("-intra-text" if reads_intra and self.intra_view == "image_global" else "")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -26,7 +26,7 @@ from pipeline.data import FORMATS, Dataset, load_dataset
 from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput
 from pipeline.features import load_manifest, read_features
 from pipeline.graph_store import load_graph_manifest, read_graph
-from pipeline.graphs import manifest_key
+from pipeline.graphs import graph_views, manifest_key
 
 from .batches import ImageInputs
 from .context import check_graph, load_context
@@ -197,7 +197,8 @@ def build_inputs(dataset: Dataset, files: dict[str, Path], k: int, pool: str,
         record[relation] = {"path": str(Path(files[relation]).resolve()),
                             "fingerprint": graph.attrs.get("fingerprint"),
                             "source": graph.attrs.get("source"), "pool": graph.attrs.get("pool"),
-                            "k": k, "space": graph.attrs.get("space")}
+                            "k": k, "space": graph.attrs.get("space"),
+                            "views": list(graph_views(graph.attrs))}
         record["masked"][relation] = {
             "flagged_queries": int(flagged.sum()),
             "missing_neighbours": int((mapped < 0).sum()),

@@ -67,7 +67,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_slug(config: TrainConfig, dataset_name: str) -> str:
-    return config.slug or f"{dataset_name}-{config.model.variant()}-s{config.seed}"
+    return config.slug or f"{dataset_name}-{config.variant()}-s{config.seed}"
 
 
 def new_run_dir(artifacts, slug: str) -> tuple[Path, Path]:
