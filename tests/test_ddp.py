@@ -7,6 +7,7 @@ the out-of-core node table (float16 on the host, the feature file read by rows) 
 device table."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -18,6 +19,9 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
+from conftest import TINY
+from pipeline.data import load_dataset
+from pipeline.distributed import Distributed
 from tagger_fixtures import (invoke, tiny_dataset, tiny_encoder, tiny_image_inputs,  # noqa: F401
                              tiny_pipeline, tiny_tagger)
 from test_distributed import free_port
@@ -62,7 +66,7 @@ def test_two_gloo_processes_train_as_one_and_only_rank_0_writes(tiny_pipeline, t
     encoder = no_dropout_encoder(tiny_encoder, tmp_path / "encoder")
     config = TrainConfig(data_dir=str(data), artifacts=str(tmp_path / "artifacts"),
                          device="cpu").with_overrides(
-        encoder=encoder, k=3, dropout=0.0, epochs=3, patience=3, batch_size=5, lr_head=0.01)
+        encoder=encoder, k=3, dropout=0.0, epochs=2, patience=2, batch_size=5, lr_head=0.01)
     config.to_json(tmp_path / "config.json")                   # 6 tweets: batches of 5 and 1
     one = invoke("train", "--config", tmp_path / "config.json", "--slug", "one", "--quiet")
     assert one.exit_code == 0, one.output
@@ -79,10 +83,10 @@ def test_two_gloo_processes_train_as_one_and_only_rank_0_writes(tiny_pipeline, t
     ddp, single = runs
     assert "(rank 0 of 2, gloo)" in (ddp / "train.log").read_text()
     got, want = epochs(ddp), epochs(single)
-    assert len(got) == len(want) == 3
+    assert len(got) == len(want) == 2
     np.testing.assert_allclose([e["train_loss"] for e in got], [e["train_loss"] for e in want],
                                rtol=1e-4, atol=1e-5)
-    assert len({e["train_loss"] for e in want}) == 3              # the model does learn
+    assert want[1]["train_loss"] != want[0]["train_loss"]          # the weights do move
     for a, b in zip(got, want):
         assert a["valid"]["conlleval"]["overall"] == b["valid"]["conlleval"]["overall"]
     assert (ddp / "predictions_test.conll").read_text() == (
@@ -122,7 +126,6 @@ class Replays:
     replay runs forward + backward, which accumulates into the (zeroed) flat gradients."""
 
     def side_stream(self):
-        import contextlib
         return contextlib.nullcontext()
 
     def capture(self, work):
@@ -133,10 +136,6 @@ class Replays:
 
 
 def step_rank(rank: int, port: int, encoder: str, out: str) -> None:
-    from pipeline.data import load_dataset
-    from pipeline.distributed import Distributed
-    from conftest import TINY
-
     launch(rank, port)
     with Distributed.from_env(device="cpu") as dist:
         results = {}
@@ -177,7 +176,6 @@ def test_the_host_table_trains_exactly_as_the_device_table(tiny_encoder, tiny_da
 
 
 def test_the_host_path_reads_the_feature_file_by_rows(tiny_pipeline):
-    from pipeline.data import load_dataset
     from pipeline.features import FeatureRows, read_features
     from trainer.inputs import build_inputs, resolve_files
 
