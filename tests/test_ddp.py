@@ -82,6 +82,7 @@ def test_two_gloo_processes_train_as_one_and_only_rank_0_writes(tiny_pipeline, t
     assert [p.name[-4:] for p in runs] == ["-ddp", "-one"], runs     # one folder each
     ddp, single = runs
     assert "(rank 0 of 2, gloo)" in (ddp / "train.log").read_text()
+    assert [json.loads((run / "results.json").read_text())["processes"] for run in runs] == [2, 1]
     got, want = epochs(ddp), epochs(single)
     assert len(got) == len(want) == 2
     np.testing.assert_allclose([e["train_loss"] for e in got], [e["train_loss"] for e in want],

@@ -280,7 +280,7 @@ def _finish(tmp: Path, final: Path, prep: Prepared, outcome, scores: dict, secon
                                       "test": scores["test"], "seconds": seconds,
                                       "epochs_run": len(outcome.history),
                                       "stopped_early": outcome.stopped_early,
-                                      "steps": outcome.steps})
+                                      "steps": outcome.steps, "processes": prep.dist.world})
     log(f"finished in {seconds:.0f} s: best epoch {outcome.best_epoch}, test F1 "
         f"{100 * scores['test']['conlleval']['overall']['f1']:.2f}")
     os.replace(tmp, final)
