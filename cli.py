@@ -278,6 +278,7 @@ def train(config_file, seeds, quiet, **options):
     """
     from click.core import ParameterSource
 
+    from pipeline.distributed import Distributed
     from trainer.config import TrainConfig
     from trainer.run import summary, train_seeds
 
@@ -298,8 +299,11 @@ def train(config_file, seeds, quiet, **options):
     except ValueError:
         raise click.BadParameter(f"{seeds!r} is not a comma-separated list of integers",
                                  param_hint="--seeds") from None
-    results = train_seeds(config, seed_list or [config.seed], progress_factory(quiet),
-                          log=lambda m: click.echo(m, err=True))
+    with Distributed.from_env(device=config.device) as dist:   # a group under torchrun
+        results = train_seeds(config, seed_list or [config.seed], progress_factory(quiet),
+                              log=lambda m: click.echo(m, err=True), dist=dist)
+    if not dist.is_main:
+        return                              # rank 0 alone reports (and wrote the run folders)
     for result in results:
         click.echo(f"wrote {result.path} (best epoch {result.best_epoch}, {result.seconds:.0f} s)")
     click.echo(summary(results))

@@ -17,6 +17,17 @@ timing is the same. Usage::
 
     python bench/bench_train.py --device cuda --encoder /path/to/minilm --out bench/train-h100.json
     python bench/bench_train.py --device cpu --limit 480 --out /tmp/train-cpu.json   # 2-core CPU
+
+DDP (``--ddp``, launched by torchrun): the step time of the full model on N processes against one
+process, in the same invocation and with the same global batch: rank 0 first trains alone (no
+process group, the others wait at a barrier), then all N ranks train together (``cli.py train``'s
+DDP path); rank 0 prints the ms per global step of each rank and the ratio to the one-process
+run (ideal: 1/N). On the CPU torchrun gives each rank one thread (``OMP_NUM_THREADS=1``), so the
+baseline is one process on one core, as one GPU is against N::
+
+    torchrun --nproc-per-node 2 bench/bench_train.py --ddp --device cpu --nodes synthetic \
+        --limit 128 --encoder /tmp/tiny-bert --out /tmp/train-ddp-cpu.json
+    torchrun --nproc-per-node 4 bench/bench_train.py --ddp --device cuda --out train-ddp-4.json
 """
 from __future__ import annotations
 
@@ -33,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import machine as base_machine  # noqa: E402
 
 from pipeline.data import load_dataset  # noqa: E402
+from pipeline.distributed import Distributed  # noqa: E402
 from trainer.batches import ImageInputs  # noqa: E402
 from trainer.config import ModelConfig, OptimConfig, TrainConfig  # noqa: E402
 from trainer.inputs import TrainInputs, load_inputs  # noqa: E402
@@ -69,16 +81,18 @@ def subset(inputs: TrainInputs, train: int | None, valid: int) -> TrainInputs:
     return TrainInputs(dataset, inputs.image, inputs.files)
 
 
-def time_variant(config: TrainConfig, inputs: TrainInputs, compile_branch: bool = False) -> dict:
+def time_variant(config: TrainConfig, inputs: TrainInputs, compile_branch: bool = False,
+                 dist: Distributed | None = None) -> dict:
     """Train ``config`` for its epochs; the training-pass seconds of each epoch. With
     ``compile_branch`` the image branch runs through ``torch.compile`` (dynamic shapes; an
-    experiment: the compile lands in the first epoch, which the table leaves out)."""
+    experiment: the compile lands in the first epoch, which the table leaves out). ``dist``: this
+    rank of a group (each trains its share of every global batch)."""
     import torch
 
     from trainer.loop import train
     from trainer.run import prepare
 
-    prep = prepare(config, inputs)
+    prep = prepare(config, inputs, dist)
     if compile_branch and prep.model.image is not None:
         prep.model.image.forward = torch.compile(prep.model.image.forward, dynamic=True)
     outcome = train(prep)
@@ -143,7 +157,7 @@ def summarise(runs: list[dict], steps: int) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> dict:
+def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
@@ -163,19 +177,18 @@ def main(argv=None) -> dict:
                         help="On CUDA, eager steps instead of CUDA-graph replays.")
     parser.add_argument("--compile-branch", action="store_true",
                         help="Experiment: the image branch through torch.compile.")
+    parser.add_argument("--ddp", action="store_true", help="Under torchrun: the full model on "
+                        "N processes against one process (see the module docstring).")
     parser.add_argument("--out", type=Path, default=None, help="Also write the results as JSON.")
     parser.add_argument("--profile", type=Path, default=None,
                         help="Also profile one epoch of each model on --profile-limit tweets "
                              "into this folder (ops tables, syncs, chrome traces).")
     parser.add_argument("--profile-limit", type=int, default=160)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    base = TrainConfig(data_dir=str(args.data_dir), artifacts=str(args.artifacts),
-                       device=args.device, precision=args.precision,
-                       model=ModelConfig(encoder=args.encoder),
-                       optim=OptimConfig(epochs=args.epochs, batch_size=args.batch_size,
-                                         patience=args.epochs,
-                                         cuda_graphs=not args.no_cuda_graphs))
+
+def bench_inputs(args, base: TrainConfig, log: bool = True) -> tuple[TrainInputs, str]:
+    """The cached inputs of the dataset (``--nodes cached``/``auto``) or synthetic nodes."""
     inputs, source = None, "synthetic"
     if args.nodes in ("auto", "cached"):
         try:
@@ -183,13 +196,27 @@ def main(argv=None) -> dict:
         except Exception as err:  # noqa: BLE001 - reported, then the synthetic path is used
             if args.nodes == "cached":
                 raise
-            print(f"no cached inputs ({str(err).splitlines()[0]}); using synthetic nodes",
-                  file=sys.stderr)
+            if log:
+                print(f"no cached inputs ({str(err).splitlines()[0]}); using synthetic nodes",
+                      file=sys.stderr)
     if inputs is None:
         dataset = load_dataset(args.data_dir)
         shape = tuple(int(x) for x in args.node_shape.split("x"))
         inputs = TrainInputs(dataset, synthetic_image(dataset.item_ids(), shape, base.model.k))
-    inputs = subset(inputs, args.limit, args.valid)
+    return subset(inputs, args.limit, args.valid), source
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    base = TrainConfig(data_dir=str(args.data_dir), artifacts=str(args.artifacts),
+                       device=args.device, precision=args.precision,
+                       model=ModelConfig(encoder=args.encoder),
+                       optim=OptimConfig(epochs=args.epochs, batch_size=args.batch_size,
+                                         patience=args.epochs,
+                                         cuda_graphs=not args.no_cuda_graphs))
+    if args.ddp:
+        return ddp_main(args, base)
+    inputs, source = bench_inputs(args, base)
     runs = []
     for _ in range(args.rounds):
         for text_only in (True, False):
@@ -198,23 +225,73 @@ def main(argv=None) -> dict:
             print(f"{runs[-1]['variant']}: epochs {[round(t, 2) for t in runs[-1]['epochs']]} s",
                   file=sys.stderr)
     steps = -(-len(inputs.dataset.splits["train"]) // args.batch_size)
-    rows = summarise(runs, steps)
     if args.profile:
         short = subset(inputs, args.profile_limit, 16)
         for text_only in (True, False):
             profile_variant(base.with_overrides(text_only=text_only, epochs=1, patience=1),
                             short, args.profile)
-    result = {"machine": machine(args.device), "device": args.device, "encoder": args.encoder,
-              "dataset": inputs.dataset.name, "train_tweets": len(inputs.dataset.splits["train"]),
-              "batch_size": args.batch_size, "epochs": args.epochs, "rounds": args.rounds,
-              "steps_per_epoch": steps, "nodes": source, "compile_branch": args.compile_branch,
+    result = {**common(args, inputs, source, steps),
+              "compile_branch": args.compile_branch, "rounds": args.rounds,
               "cuda_graphs": runs[-1]["step_record"].get("mode") == "cuda-graph",
-              "precision": args.precision, "rows": rows}
-    print(table(result))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+              "rows": summarise(runs, steps)}
+    return report(result, table(result), args.out)
+
+
+def common(args, inputs: TrainInputs, source: str, steps: int) -> dict:
+    """The fields of both modes' results: machine, data, batch and precision."""
+    return {"machine": machine(args.device), "device": args.device, "encoder": args.encoder,
+            "dataset": inputs.dataset.name, "train_tweets": len(inputs.dataset.splits["train"]),
+            "batch_size": args.batch_size, "epochs": args.epochs, "steps_per_epoch": steps,
+            "nodes": source, "precision": args.precision}
+
+
+def report(result: dict, text: str, out: Path | None) -> dict:
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def ddp_main(args, base: TrainConfig) -> dict | None:
+    """``--ddp``: one process on rank 0 (the others wait), then every rank in the group; rank 0
+    reports the ms per global step of each rank and their ratio to the one-process run."""
+    with Distributed.from_env(device=args.device) as dist:
+        inputs, source = bench_inputs(args, base, log=dist.is_main)
+        steps = -(-len(inputs.dataset.splits["train"]) // args.batch_size)
+        single = time_variant(base, inputs) if dist.is_main else None
+        dist.barrier()
+        mine = time_variant(base, inputs, dist=dist)
+        ranks = dist.all_gather_object({"epochs": mine["epochs"], "device": str(dist.device),
+                                        "threads": machine(args.device)["torch_threads"]})
+        if not dist.is_main:
+            return None
+        one = 1000 * min(single["epochs"]) / steps
+        rows = [{"rank": r, **part, "ms_per_step_min": 1000 * min(part["epochs"]) / steps,
+                 "ratio_to_one_process": 1000 * min(part["epochs"]) / steps / one}
+                for r, part in enumerate(ranks)]
+        result = {**common(args, inputs, source, steps), "world": dist.world,
+                  "backend": dist.backend, "one_process": {"epochs": single["epochs"],
+                                                           "ms_per_step_min": one},
+                  "step_record": mine["step_record"], "rows": rows}
+        return report(result, ddp_table(result), args.out)
+
+
+def ddp_table(result: dict) -> str:
+    m = result["machine"]
+    where = m.get("gpu") or f"{m['cpu']} ({m['cores']} cores)"
+    lines = [f"machine: {where}; torch {m['torch']}; {result['world']} ranks ({result['backend']})"
+             f" against 1 process, device {result['device']}",
+             f"{result['dataset']}: {result['train_tweets']} train tweets, global batch "
+             f"{result['batch_size']} ({result['steps_per_epoch']} steps), encoder "
+             f"{result['encoder']}, nodes {result['nodes']}, {result['epochs']} epochs",
+             f"one process: {result['one_process']['ms_per_step_min']:.1f} ms / global step (min)",
+             "| rank | device | torch threads | ms / global step (min) | ratio to 1 process |",
+             "|---|---|---|---|---|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['rank']} | {row['device']} | {row['threads']} | "
+                     f"{row['ms_per_step_min']:.1f} | {row['ratio_to_one_process']:.3f} |")
+    return "\n".join(lines)
 
 
 def table(result: dict) -> str:

@@ -44,7 +44,8 @@ TARGET_CHUNK_BYTES = 1 << 20
 
 @dataclass
 class FeatureSet:
-    """A feature file read into memory (features as float32)."""
+    """A feature file read into memory (features as float32), or with its features read by rows
+    on demand (``read_feature_rows``: ``features`` is a ``FeatureRows``)."""
 
     path: Path
     item_ids: list[str]
@@ -94,6 +95,71 @@ def read_features(path) -> FeatureSet:
     except OSError as err:
         raise CacheMismatch(f"unreadable HDF5 file ({str(err).splitlines()[0]})", path=path,
                             rerun="extract", setting="overwrite") from None
+
+
+def read_feature_rows(path) -> FeatureSet:
+    """A complete feature file with everything read but ``features``, which is a ``FeatureRows``
+    read by rows on demand: never the whole table in memory (the out-of-core training path)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInput("feature file not found", path=path, rerun="extract")
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = decode_attrs(f.attrs)
+            if not attrs.get("complete"):
+                raise CacheMismatch("incomplete feature file (extract resumes it)", path=path,
+                                    rerun="extract")
+            rows = FeatureRows(path, f["features"].shape, f["features"].dtype)
+            return FeatureSet(path, _strings(f["item_id"]), rows, f["valid"][()].astype(bool),
+                              _strings(f["reason"]), attrs,
+                              _strings(f["content_sha256"]) if "content_sha256" in f else None)
+    except OSError as err:
+        raise CacheMismatch(f"unreadable HDF5 file ({str(err).splitlines()[0]})", path=path,
+                            rerun="extract", setting="overwrite") from None
+
+
+class FeatureRows:
+    """The ``features`` dataset of a feature file, read by rows: ``rows(index)`` for sorted,
+    distinct row numbers returns those rows in the stored dtype (float16 or float32); ``[index]``
+    takes any row numbers. The file stays open between reads (reopened after pickling).
+    ``np.asarray(rows)`` reads it all, block by block, as float32."""
+
+    BLOCK = 4096   # rows per read when the whole table is asked for
+
+    def __init__(self, path, shape: tuple[int, ...], dtype):
+        self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+        self._file = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def _dataset(self):
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        return self._file["features"]
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        index = np.asarray(index, dtype=np.int64)
+        if len(index) == 0:
+            return np.empty((0,) + self.shape[1:], self.dtype)
+        return self._dataset()[index]
+
+    def __getitem__(self, index) -> np.ndarray:
+        wanted, inverse = np.unique(np.asarray(index, dtype=np.int64), return_inverse=True)
+        return self.rows(wanted)[inverse.reshape(np.shape(index))]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.empty(self.shape, dtype=dtype or np.float32)
+        for start in range(0, len(self), self.BLOCK):
+            out[start:start + self.BLOCK] = self._dataset()[start:start + self.BLOCK]
+        return out
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None}
 
 
 class FeatureWriter:

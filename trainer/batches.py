@@ -1,9 +1,11 @@
 """From tweets to tensors: tokenisation with first-subword labelling, word-shape features, and the
 image-side inputs of each example (its own image node and its neighbour nodes in both relations).
 
-Everything is prepared once per split (``encode``) and padded per batch (``Collator``). Node
-features are never copied per batch on the CPU: a batch carries row indices into one node table
-that sits on the device, and ``Batch.to`` gathers the rows there.
+Everything is prepared once per split (``encode``) and padded per batch (``Collator``). A batch
+carries row indices into the node table, and ``Batch.to`` gathers the rows: from one tensor on the
+device (the fast default when the table fits, ``ImageInputs.node_table``), or from a float16
+``HostTable`` on the host (a feature file read by rows, or an array), which moves only the batch's
+rows to the device.
 """
 from __future__ import annotations
 
@@ -76,12 +78,57 @@ class ImageInputs:
     def node_shape(self) -> tuple[int, ...]:
         return tuple(self.table.shape[1:])
 
-    def node_table(self, device: torch.device, precision: str = "auto") -> torch.Tensor:
-        """``table`` as one tensor on ``device``: bf16 when the model runs in bf16 on CUDA (the
-        rows are gathered there per batch, ``Batch.to``), float32 otherwise."""
+    def node_table(self, device: torch.device, precision: str = "auto", host: bool = False):
+        """``table`` as one tensor on ``device`` (bf16 when the model runs in bf16 on CUDA,
+        float32 otherwise; the rows are gathered there per batch, ``Batch.to``), or with ``host``
+        a ``HostTable`` that stays on the host in float16 and sends each batch's rows."""
         bf16 = device.type == "cuda" and resolve_precision(precision, device) == "bf16"
         dtype = torch.bfloat16 if bf16 else torch.float32
+        if host:
+            return HostTable(self.table, dtype, pin=device.type == "cuda")
         return torch.from_numpy(np.ascontiguousarray(self.table)).to(device, dtype)
+
+
+class HostTable:
+    """Node features that stay on the host in float16; ``gather(nodes, device)`` reads the rows a
+    batch points at (each distinct row once), sends them and casts them to ``dtype`` there.
+
+    ``rows`` is anything with ``shape`` and ``rows(sorted_unique_indices) -> array``: a feature
+    file read by rows (``pipeline.features.FeatureRows``: nothing is read whole, the file is
+    chunked by rows) or an in-memory array, kept as float16 (each batch's block is pinned on
+    CUDA before it is sent). Float16 values
+    reach the model exactly as a float32 table of the same values would, so the two paths give
+    the same losses on float16 features (``tests/test_ddp.py``).
+    """
+
+    def __init__(self, rows, dtype: torch.dtype = torch.float32, pin: bool = False):
+        if isinstance(rows, np.ndarray):
+            rows = _ArrayRows(rows.astype(np.float16, copy=False))
+        self.source, self.dtype, self.pin = rows, dtype, pin
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.source.shape)
+
+    def gather(self, nodes: torch.Tensor, device) -> torch.Tensor:
+        """``nodes`` (B, slots) row indices on the CPU -> (B, slots, ...) features on ``device``."""
+        wanted, inverse = np.unique(nodes.numpy(), return_inverse=True)
+        block = torch.from_numpy(np.ascontiguousarray(self.source.rows(wanted), np.float16))
+        if self.pin:
+            block = block.pin_memory()
+        block = block.to(device, non_blocking=True).to(self.dtype)
+        index = torch.from_numpy(inverse.reshape(nodes.shape)).to(device, non_blocking=True)
+        return block[index]
+
+
+class _ArrayRows:
+    """``HostTable``'s source over an in-memory float16 array."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.shape = array, array.shape
+
+    def rows(self, wanted: np.ndarray) -> np.ndarray:
+        return self.array[wanted]
 
 
 @dataclass(frozen=True)
@@ -212,6 +259,8 @@ class Batch:
     (B, G, G): the normalised star graphs of InterRG then IntraRG, block-diagonal
     (``gcn.star_adjacency``), G = (1 + K) per relation in use.
     ``text_weight`` (B, 1, W): 1 / words on each word (InterRG's text node is the mean).
+    ``weight`` (): under DDP, this rank's share of the global batch (its rows / the global
+    batch's rows): the step scales the batch's mean loss by it (``steps``). None: weight 1.
     After ``to``: ``nodes_x`` (B, slots, ...) the gathered node features.
     """
 
@@ -226,6 +275,7 @@ class Batch:
     node_mask: torch.Tensor | None = None
     adjacency: torch.Tensor | None = None
     text_weight: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
     nodes_x: torch.Tensor | None = None
 
     def _map(self, fn) -> "Batch":
@@ -248,10 +298,13 @@ class Batch:
             if torch.is_tensor(mine) and f.name != "positions":
                 mine.copy_(getattr(other, f.name), non_blocking=True)
 
-    def to(self, device, table: torch.Tensor | None = None) -> "Batch":
-        """Move to ``device`` and gather node features from ``table`` (already on ``device``)."""
+    def to(self, device, table=None) -> "Batch":
+        """Move to ``device`` and gather node features from ``table``: a tensor already on
+        ``device``, or a ``HostTable`` (then this batch must still be on the CPU)."""
         out = self._map(lambda t: t.to(device, non_blocking=True))
-        if table is not None and out.nodes is not None:
+        if isinstance(table, HostTable) and out.nodes is not None:
+            out.nodes_x = table.gather(self.nodes, device)
+        elif table is not None and out.nodes is not None:
             out.nodes_x = table[out.nodes]
         return out
 

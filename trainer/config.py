@@ -18,6 +18,7 @@ GRAPH_SOURCES = ("ours", "rgcn")
 CONTEXTS = ("none", "inter", "intra", "text")
 POOLS = ("all", "train")
 PRECISIONS = ("auto", "bf16", "fp32")
+NODE_TABLES = ("auto", "device", "host")
 
 
 def _check(condition: bool, message: str, setting: str | None = None) -> None:
@@ -167,6 +168,8 @@ class TrainConfig:
     context_graph: str | None = None
     slug: str | None = None
     checkpoint: bool = True           # False: no weights saved (about 90 MB a MiniLM run)
+    node_table: str = "auto"          # device, host or auto (by node_table_budget_gb)
+    node_table_budget_gb: float = 8.0
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -187,6 +190,10 @@ class TrainConfig:
         _check(self.precision in PRECISIONS,
                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check(self.node_table in NODE_TABLES, f"node_table must be one of "
+               f"{', '.join(NODE_TABLES)}, got {self.node_table!r}", "node_table")
+        _check(self.node_table_budget_gb >= 0, "node_table_budget_gb must be >= 0, got "
+               f"{self.node_table_budget_gb}", "node_table_budget_gb")
         _check(self.slug is None or (
             self.slug and all(c.isalnum() or c in "-_." for c in self.slug)),
             f"slug {self.slug!r} may hold only letters, digits, '-', '_' and '.'", "slug")
@@ -197,6 +204,15 @@ class TrainConfig:
         name = self.model.variant()
         reads_intra = (self.model.intra and self.model.uses_image) or self.model.context == "intra"
         return name + ("-intra-text" if reads_intra and self.intra_view == "image_global" else "")
+
+    def table_on_host(self, rows: int, node_shape: tuple[int, ...]) -> bool:
+        """Whether ``node_table`` puts a table of ``rows`` x ``node_shape`` on the host."""
+        if self.node_table != "auto":
+            return self.node_table == "host"
+        cells = rows
+        for size in node_shape:
+            cells *= size
+        return 4 * cells > self.node_table_budget_gb * 1e9
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

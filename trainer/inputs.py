@@ -24,7 +24,7 @@ from pipeline import store
 from pipeline.artifacts import fingerprint
 from pipeline.data import FORMATS, Dataset, load_dataset
 from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput
-from pipeline.features import load_manifest, read_features
+from pipeline.features import load_manifest, read_feature_rows
 from pipeline.graph_store import load_graph_manifest, read_graph
 from pipeline.graphs import graph_views, manifest_key
 
@@ -138,7 +138,8 @@ def _assemble(dataset: Dataset, files: dict[str, Path], config: TrainConfig,
     model = config.model
     inputs = TrainInputs(dataset)
     if model.uses_image:
-        inputs = build_inputs(dataset, files, model.k, config.pool, model.node_view)
+        inputs = build_inputs(dataset, files, model.k, config.pool, model.node_view,
+                              config.table_on_host)
         if log is not None:
             log(f"node features: {inputs.image.view} {list(inputs.image.node_shape)} from "
                 f"{files['features']}; masked: {inputs.files['masked']}")
@@ -153,9 +154,14 @@ def _assemble(dataset: Dataset, files: dict[str, Path], config: TrainConfig,
 
 
 def build_inputs(dataset: Dataset, files: dict[str, Path], k: int, pool: str,
-                 node_view: str = "auto") -> TrainInputs:
-    """Join features and graphs to the dataset's items (by id) into ``ImageInputs``."""
-    features = read_features(files["features"])
+                 node_view: str = "auto", table_on_host=None) -> TrainInputs:
+    """Join features and graphs to the dataset's items (by id) into ``ImageInputs``. The node
+    table is read whole (float32) unless ``table_on_host(rows, node_shape)`` says it stays on the
+    host: then ``ImageInputs.table`` is the file read by rows (``FeatureRows``)."""
+    features = read_feature_rows(files["features"])
+    on_host = table_on_host is not None and table_on_host(*_table_size(features.features))
+    if not on_host:
+        features.features = np.asarray(features.features)
     view = features.attrs.get("view")
     where = files["features"]
     if view not in NODE_VIEWS or node_view not in ("auto", view):
@@ -206,6 +212,10 @@ def build_inputs(dataset: Dataset, files: dict[str, Path], k: int, pool: str,
     image = ImageInputs(items, features.features, own, *neighbours["inter"], *neighbours["intra"],
                         view=view, table_ids=list(features.item_ids))
     return TrainInputs(dataset, image, record)
+
+
+def _table_size(rows) -> tuple[int, tuple[int, ...]]:
+    return rows.shape[0], tuple(rows.shape[1:])
 
 
 def recorded_dataset(run_dir, data_dir=None) -> tuple[Dataset, dict]:

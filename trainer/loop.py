@@ -4,8 +4,16 @@ the benchmark and any results script.
 ``train``: AdamW with a learning rate for the encoder and one for the new layers, linear warm-up
 then linear decay, gradient clipping, bf16 autocast on CUDA, a seeded DataLoader generator,
 evaluation on the validation split after every epoch, early stopping and model selection on that
-split only. Nothing here touches images or a search index: node features arrive as one device
-tensor.
+split only. Nothing here touches images or a search index: node features arrive as a table (on
+the device, or on the host: ``batches.HostTable``).
+
+Under torchrun (``prep.dist`` in a group of N processes): every rank draws the same global
+batches from the seeded generator and takes its contiguous share of each (``share_bounds``), the
+step sums the share-weighted gradients (``steps.GradientSync``), so the N-process loss curve is
+the one-process curve up to float rounding (and dropout masks, which each rank draws itself).
+Evaluation is spread too: each rank decodes its share of the split (sorted by length) and the
+tags are gathered, so every rank scores the same predictions and takes the same early-stopping
+decision; only the caller's rank 0 writes anything (``run.train_run``).
 """
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.distributed import Distributed, share_bounds
 from pipeline.labels import TypeNames
 from pipeline.progress import no_progress
 from pipeline.runtime import autocast
@@ -48,8 +57,9 @@ class Prepared:
     encoder_record: dict
     model: torch.nn.Module       # the Tagger
     splits: dict[str, Split]
-    table: torch.Tensor | None   # node features on the device (None for text-only)
+    table: object                # node features: a device tensor or a HostTable (None: text)
     type_names: TypeNames = field(default_factory=TypeNames)   # the dataset's tag names
+    dist: Distributed = field(default_factory=Distributed)     # the ranks (one by default)
 
 
 @dataclass
@@ -80,16 +90,30 @@ def attention_kernels(device: torch.device):
 
 
 def train_loader(split: Split, batch_size: int, generator: torch.Generator, pin: bool,
-                 pad_to: tuple[int, int] = (1, 1)):
+                 pad_to: tuple[int, int] = (1, 1), dist: Distributed = Distributed()):
+    """Global batches of ``batch_size`` in the generator's order; each rank's batch is its share
+    of the global one, weighted by its size (None for an empty share, see ``steps``)."""
+    collate = functools.partial(_share, split.collator, pad_to, dist.rank, dist.world)
     return DataLoader(range(len(split.encoded)), batch_size=batch_size, shuffle=True,
-                      generator=generator, collate_fn=functools.partial(split.collator,
-                                                                        pad_to=pad_to),
-                      pin_memory=pin)
+                      generator=generator, collate_fn=collate, pin_memory=pin)
 
 
-def eval_loader(split: Split, batch_size: int, pin: bool):
-    """Batches of similar length (less padding); ``Batch.positions`` maps results back."""
+def _share(collator: Collator, pad_to, rank: int, world: int, positions: list[int]):
+    if world == 1:
+        return collator(positions, pad_to=pad_to)
+    lo, hi = share_bounds(len(positions), rank, world)
+    if lo == hi:
+        return None
+    batch = collator(positions[lo:hi], pad_to=pad_to)
+    batch.weight = torch.tensor((hi - lo) / len(positions))
+    return batch
+
+
+def eval_loader(split: Split, batch_size: int, pin: bool, dist: Distributed = Distributed()):
+    """Batches of similar length (less padding); ``Batch.positions`` maps results back. Each
+    rank takes its contiguous share of the examples in length order."""
     order = np.argsort([len(ids) for ids in split.encoded.input_ids], kind="stable")
+    order = order[slice(*dist.share(len(order)))]
     batches = [order[i:i + batch_size].tolist() for i in range(0, len(order), batch_size)]
     return DataLoader(range(len(split.encoded)), batch_sampler=batches,
                       collate_fn=split.collator, pin_memory=pin)
@@ -125,25 +149,33 @@ def _schedule(total: int, warmup: float):
 
 
 @torch.no_grad()
-def evaluate(model, split: Split, device: torch.device, table: torch.Tensor | None = None,
+def evaluate(model, split: Split, device: torch.device, table=None,
              batch_size: int = 64, precision: str = "auto",
-             type_names: TypeNames = TypeNames(), progress=no_progress) -> Evaluation:
+             type_names: TypeNames = TypeNames(), progress=no_progress,
+             dist: Distributed = Distributed()) -> Evaluation:
     """Decode every example of ``split`` and score it against the gold tags (no scores when
     ``split.gold`` is None: untagged input). Words cut off by ``max_subwords`` are tagged ``O``
-    (``Encoded.truncated_words`` counts them)."""
+    (``Encoded.truncated_words`` counts them). In a group, each rank decodes its share and every
+    rank gets all the tags (collective: all ranks call)."""
     start = time.perf_counter()
     model.eval()
     with attention_kernels(device):
-        tags = _decode_split(model, split, device, table, batch_size, precision, progress)
+        tags = _decode_split(model, split, device, table, batch_size, precision, progress, dist)
+    if dist.active:
+        merged = [None] * len(tags)
+        for part in dist.all_gather_object({p: t for p, t in enumerate(tags) if t is not None}):
+            for position, words in part.items():
+                merged[position] = words
+        tags = merged
     scores = None if split.gold is None else score(split.gold, tags, type_names)
     return Evaluation(tags, scores, time.perf_counter() - start)
 
 
 def _decode_split(model, split: Split, device, table, batch_size: int, precision: str,
-                  progress=no_progress):
+                  progress=no_progress, dist: Distributed = Distributed()):
     labels = model.labels
     tags: list[list[str] | None] = [None] * len(split.encoded)
-    loader = eval_loader(split, batch_size, device.type == "cuda")
+    loader = eval_loader(split, batch_size, device.type == "cuda", dist)
     with progress(total=len(loader), desc=f"tagging {split.name}") as bar:
         for batch in loader:
             with autocast(device, precision):
@@ -177,14 +209,14 @@ def train(prep: Prepared, progress=no_progress, on_epoch=None) -> Outcome:
     """
     model, device, table, optim = prep.model, prep.device, prep.table, prep.config.optim
     train_split, valid_split = prep.splits["train"], prep.splits["valid"]
-    precision, type_names = prep.config.precision, prep.type_names
+    precision, type_names, dist = prep.config.precision, prep.type_names, prep.dist
     generator = torch.Generator().manual_seed(prep.config.seed)
     pin = device.type == "cuda"
     graphs = uses_graphs(device, optim.cuda_graphs)
     optimizer = torch.optim.AdamW(_param_groups(model, optim, device if graphs else None),
                                   fused=pin, capturable=graphs)
-    step = make_step(model, optimizer, optim.clip, device, precision, table, graphs)
-    loader = train_loader(train_split, optim.batch_size, generator, pin, step.pad_to)
+    step = make_step(model, optimizer, optim.clip, device, precision, table, graphs, dist)
+    loader = train_loader(train_split, optim.batch_size, generator, pin, step.pad_to, dist)
     factor, done = _schedule(optim.epochs * len(loader), optim.warmup), 0
     set_learning_rates(optimizer, factor(done))
     outcome = Outcome(best_epoch=0, best_state={})
@@ -198,7 +230,7 @@ def train(prep: Prepared, progress=no_progress, on_epoch=None) -> Outcome:
         train_loss = step.take_loss() / len(loader)  # the one host sync of the epoch
         seconds = time.perf_counter() - start
         valid = evaluate(model, valid_split, device, table, optim.eval_batch_size, precision,
-                         type_names)
+                         type_names, dist=dist)
         f1 = valid.scores["conlleval"]["overall"]["f1"]
         improved = f1 > best_f1
         if improved:

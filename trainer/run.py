@@ -6,9 +6,11 @@ dataset splits' and the feature/graph files' fingerprints), ``metrics.jsonl`` (o
 ``results.json`` (best epoch, valid and test scores, wall time), ``labels.json`` (the label set),
 ``predictions_<split>.conll`` (``token id gold predicted``, see ``pipeline.outputs``),
 ``model.safetensors`` + ``model.json`` + ``encoder/`` (see ``model.load_tagger``),
-``pool.h5`` (image and context models: what predict needs without the data and artifacts folders,
-see ``trainer.pool``), ``train.log`` and ``curve.png``. The folder is written as ``<id>.tmp`` and renamed when complete; an existing
-folder is never reused.
+``pool.h5`` (image and context models: what predict needs without the data and artifacts
+folders, see ``trainer.pool``), ``train.log`` and ``curve.png``. The folder is written as
+``<id>.tmp`` and renamed when complete; an existing folder is never reused. Under torchrun
+(``dist`` in a group) every rank trains and evaluates its share (``loop``); rank 0 alone writes
+the folder and the log, the others write nothing.
 """
 from __future__ import annotations
 
@@ -26,11 +28,12 @@ import torch
 
 from pipeline import runtime
 from pipeline.artifacts import environment, write_json
+from pipeline.distributed import Distributed
 from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput
 from pipeline.outputs import write_predictions_file
 from pipeline.progress import no_progress
 
-from .batches import Collator, encode
+from .batches import Collator, HostTable, encode
 from .config import TrainConfig
 from .context import context_ids, tweet_words
 from .inputs import TrainInputs, load_inputs
@@ -105,10 +108,13 @@ def make_splits(inputs: TrainInputs, tokenizer, config: TrainConfig, label2id,
 
 
 def node_table(inputs: TrainInputs, config: TrainConfig, device: torch.device):
-    """The node features as one device tensor (``ImageInputs.node_table``), or None."""
+    """The node features as one device tensor or a ``HostTable``, as ``config.node_table``
+    says (``ImageInputs.node_table``), or None for a text-only model."""
     if not config.model.uses_image:
         return None
-    return inputs.image.node_table(device, config.precision)
+    image = inputs.image
+    host = config.table_on_host(len(image.table), image.node_shape)
+    return image.node_table(device, config.precision, host=host)
 
 
 def plot_curve(path, history: list[dict]) -> None:
@@ -157,12 +163,15 @@ def check_lengths(splits: dict[str, Split], tokenizer, backbone) -> None:
                             hint="lower the context's subword budget or model.max_subwords")
 
 
-def prepare(config: TrainConfig, inputs: TrainInputs) -> Prepared:
-    """Seed, load the encoder, build the tagger and encode the splits (no files written)."""
+def prepare(config: TrainConfig, inputs: TrainInputs, dist: Distributed | None = None) -> Prepared:
+    """Seed, load the encoder, build the tagger and encode the splits (no files written). In a
+    group the rank's device is ``dist.device``; after the model is built each rank reseeds with
+    ``seed + rank`` so that the ranks draw different dropout masks."""
     from pipeline.encoders import load_text_backbone
 
+    dist = dist or Distributed()
     seed_everything(config.seed, config.deterministic)
-    device = resolve_device(config.device)
+    device = torch.device(dist.device) if dist.active else resolve_device(config.device)
     if config.model.uses_image and inputs.image is None:
         raise InvalidConfig("an image model needs image inputs; load them with load_inputs")
     if config.model.context != "none" and inputs.context is None:
@@ -180,8 +189,10 @@ def prepare(config: TrainConfig, inputs: TrainInputs) -> Prepared:
     # fp32 master weights even when the encoder was stored in fp16 (a transport copy):
     # mixed precision comes from autocast, never from half-precision parameters
     model = Tagger(config.model, backbone, labels, node_shape).float().to(device)
+    if dist.active:
+        torch.manual_seed(config.seed + dist.rank)
     return Prepared(config, device, tokenizer, encoder_record, model, splits,
-                    node_table(inputs, config, device), inputs.dataset.type_names)
+                    node_table(inputs, config, device), inputs.dataset.type_names, dist)
 
 
 def logged_to(path, log=None):
@@ -209,18 +220,24 @@ def write_records(folder: Path, prep: Prepared, inputs: TrainInputs) -> None:
 
 
 def train_run(config: TrainConfig, inputs: TrainInputs, progress=no_progress,
-              log=None) -> RunResult:
+              log=None, dist: Distributed | None = None) -> RunResult:
     """Train one seed of ``config`` on ``inputs`` and write its run folder; the log lines go to
-    ``log`` and to the folder's ``train.log``."""
+    ``log`` and to the folder's ``train.log``. In a group (``dist``) every rank calls this;
+    rank 0 alone writes and logs, the others return a result whose ``path`` is None."""
     started = time.perf_counter()
-    prep = prepare(config, inputs)
-    config, device, model, splits, table = (prep.config, prep.device, prep.model, prep.splits,
-                                            prep.table)
-    tmp, final = new_run_dir(config.artifacts, run_slug(config, inputs.dataset.name))
-    log = logged_to(tmp / "train.log", log)
-    log(f"run {final.name}: {config.model.variant()} with encoder {config.model.encoder} on "
-        f"{device}, {sum(p.numel() for p in model.parameters()):,} parameters")
-    write_records(tmp, prep, inputs)
+    prep = prepare(config, inputs, dist)
+    config, device, model, splits, table, dist = (prep.config, prep.device, prep.model,
+                                                  prep.splits, prep.table, prep.dist)
+    tmp = final = None
+    if dist.is_main:
+        tmp, final = new_run_dir(config.artifacts, run_slug(config, inputs.dataset.name))
+        log = logged_to(tmp / "train.log", log)
+        log(f"run {final.name}: {config.model.variant()} with encoder {config.model.encoder} on "
+            f"{device}{ranks(dist)}, {sum(p.numel() for p in model.parameters()):,} parameters"
+            + ("" if table is None else f", node table on the {table_place(table)}"))
+        write_records(tmp, prep, inputs)
+    else:
+        log, progress = (lambda message: None), no_progress
 
     def on_epoch(record):
         with open(tmp / "metrics.jsonl", "a") as handle:
@@ -231,37 +248,59 @@ def train_run(config: TrainConfig, inputs: TrainInputs, progress=no_progress,
             f"{100 * valid['strict']['overall']['f1']:.2f}), {record['train_seconds']:.1f}s"
             + (" *" if record["best"] else ""))
 
-    outcome = train(prep, progress, on_epoch)
+    outcome = train(prep, progress, on_epoch if dist.is_main else None)
     model.load_state_dict(outcome.best_state)
     scores = {}
     for name in ("valid", "test"):
         result = evaluate(model, splits[name], device, table, config.optim.eval_batch_size,
-                          config.precision, inputs.dataset.type_names)
-        write_predictions_file(tmp / f"predictions_{name}.conll", inputs.dataset.splits[name],
-                               result.tags, inputs.dataset.labels)
+                          config.precision, inputs.dataset.type_names, dist=dist)
+        if dist.is_main:
+            write_predictions_file(tmp / f"predictions_{name}.conll",
+                                   inputs.dataset.splits[name], result.tags,
+                                   inputs.dataset.labels)
         scores[name] = result.scores
-    save_tagger(model.cpu(), prep.tokenizer, tmp, prep.encoder_record, config.checkpoint)
-    if config.checkpoint and (config.model.uses_image or config.model.context != "none"):
+    if dist.is_main and config.checkpoint and (config.model.uses_image
+                                               or config.model.context != "none"):
         write_pool(tmp / POOL_FILE, pool_from_inputs(inputs, config))   # the run travels
-    plot_curve(tmp / "curve.png", outcome.history)
     seconds = time.perf_counter() - started
-    write_json(tmp / "results.json", {"best_epoch": outcome.best_epoch, "valid": scores["valid"],
-                                      "test": scores["test"], "seconds": seconds,
-                                      "epochs_run": len(outcome.history),
-                                      "stopped_early": outcome.stopped_early,
-                                      "steps": outcome.steps})
-    log(f"finished in {seconds:.0f} s: best epoch {outcome.best_epoch}, test F1 "
-        f"{100 * scores['test']['conlleval']['overall']['f1']:.2f}")
-    os.replace(tmp, final)
+    if dist.is_main:
+        _finish(tmp, final, prep, outcome, scores, seconds, log)
     return RunResult(final, outcome.best_epoch, scores["valid"], scores["test"], seconds,
                      len(outcome.history), config.seed)
 
 
+def ranks(dist: Distributed) -> str:
+    return f" (rank 0 of {dist.world}, {dist.backend})" if dist.active else ""
+
+
+def table_place(table) -> str:
+    return "host (float16, rows sent per batch)" if isinstance(table, HostTable) else "device"
+
+
+def _finish(tmp: Path, final: Path, prep: Prepared, outcome, scores: dict, seconds: float,
+            log) -> None:
+    """The weights, the curve and ``results.json``; then the folder gets its final name."""
+    config = prep.config
+    save_tagger(prep.model.cpu(), prep.tokenizer, tmp, prep.encoder_record, config.checkpoint)
+    plot_curve(tmp / "curve.png", outcome.history)
+    write_json(tmp / "results.json", {"best_epoch": outcome.best_epoch, "valid": scores["valid"],
+                                      "test": scores["test"], "seconds": seconds,
+                                      "epochs_run": len(outcome.history),
+                                      "stopped_early": outcome.stopped_early,
+                                      "steps": outcome.steps, "processes": prep.dist.world})
+    log(f"finished in {seconds:.0f} s: best epoch {outcome.best_epoch}, test F1 "
+        f"{100 * scores['test']['conlleval']['overall']['f1']:.2f}")
+    os.replace(tmp, final)
+
+
 def train_seeds(config: TrainConfig, seeds: list[int], progress=no_progress, log=None,
-                inputs: TrainInputs | None = None) -> list[RunResult]:
-    """``train_run`` for each seed (one run folder each); the inputs are read once."""
-    inputs = inputs or load_inputs(config, log=log)
-    return [train_run(dataclasses.replace(config, seed=seed), inputs, progress, log)
+                inputs: TrainInputs | None = None,
+                dist: Distributed | None = None) -> list[RunResult]:
+    """``train_run`` for each seed (one run folder each); the inputs are read once. In a group
+    (``dist``) only rank 0 logs the inputs."""
+    dist = dist or Distributed()
+    inputs = inputs or load_inputs(config, log=log if dist.is_main else None)
+    return [train_run(dataclasses.replace(config, seed=seed), inputs, progress, log, dist)
             for seed in seeds]
 
 

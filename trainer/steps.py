@@ -19,18 +19,33 @@ capture needs is in place: AdamW is ``capturable`` with its learning rates held 
 its weight cache, and nothing in the step reads a device value on the host. A capture that fails
 anyway (a library that synchronises inside its forward) is reported once, and the training goes
 on eagerly: never a wrong result, at worst the eager speed.
+
+Under DDP (``GradientSync`` with a process group) each rank's batch is its share of the global
+batch, its mean loss is scaled by that share (``Batch.weight``) and the gradients are summed over
+the ranks between backward and the optimiser step: the summed gradient is the gradient of the
+global batch's mean loss, as one process computes it. The gradients live in one flat buffer
+(each ``.grad`` a view of it, as DDP's ``gradient_as_bucket_view``), so one all-reduce moves them
+all. With CUDA graphs a rank replays forward + backward as a graph (the backward accumulates into
+the fixed flat buffer, zeroed just before), then all-reduces eagerly and runs clipping and the
+optimiser step eagerly: a collective inside a captured graph needs NCCL's graph support and
+would tie every rank's graph to the others', so it stays outside, as PyTorch's CUDA-graph notes
+advise for DDP. A rank whose share of a short last batch is empty gets ``None``: it adds zero
+gradients and still takes part in the all-reduce.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections import Counter
 
 import torch
+import torch.distributed as td
 
+from pipeline.distributed import Distributed
 from pipeline.runtime import autocast
 
-from .batches import Batch
+from .batches import Batch, HostTable
 
 PAD_TO = (32, 16)   # a CUDA-graph training pads subwords and words to these multiples
 WARMUP = 2          # eager steps of a batch shape before it is captured
@@ -50,36 +65,98 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, factor: float):
             group["lr"] = group["base_lr"] * factor
 
 
+class GradientSync:
+    """Gradients summed over the ranks of ``dist`` (see the module docstring); for one process
+    every method is the plain single-process behaviour.
+
+    On a group: the trainable parameters are broadcast from rank 0 (every rank starts from the
+    same weights) and their ``.grad`` become views of one flat buffer, zeroed in place (never set
+    to None, which would drop the views)."""
+
+    def __init__(self, parameters: list[torch.Tensor], dist: Distributed | None = None):
+        self.dist = dist or Distributed()
+        self.parameters, self.flat = parameters, None
+        if not self.dist.active:
+            return
+        with torch.no_grad():
+            for param in parameters:
+                td.broadcast(param.data, src=0)
+        self.flat = torch.zeros(sum(p.numel() for p in parameters), dtype=parameters[0].dtype,
+                                device=parameters[0].device)
+        offset = 0
+        for param in parameters:
+            param.grad = self.flat[offset:offset + param.numel()].view_as(param)
+            offset += param.numel()
+
+    def zero(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.flat is None:
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            self.flat.zero_()
+
+    def __call__(self) -> None:
+        """Sum the gradients over the ranks (in place)."""
+        if self.flat is not None:
+            td.all_reduce(self.flat)
+
+    def total(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` summed over the ranks (a copy; ``value`` itself is left as it is)."""
+        value = value.clone()
+        if self.flat is not None:
+            td.all_reduce(value)
+        return value
+
+
 class EagerStep:
     """``step(batch)`` trains on one batch (on the CPU, pinned or not); ``take_loss()`` returns
-    the summed loss since the last call (one host sync) and restarts the sum."""
+    the summed loss since the last call (summed over the ranks: one host sync) and restarts the
+    sum. ``table``: a device tensor (rows gathered on the device in the step) or a ``HostTable``
+    (rows gathered on the host as the batch is sent). ``sync``: the ranks' gradient sum."""
 
     pad_to = (1, 1)
 
     def __init__(self, model, optimizer, clip: float, device: torch.device, precision: str,
-                 table: torch.Tensor | None = None):
+                 table=None, sync: GradientSync | None = None):
         self.model, self.optimizer, self.clip = model, optimizer, clip
-        self.device, self.precision, self.table = device, precision, table
+        self.device, self.precision = device, precision
+        self.host = table if isinstance(table, HostTable) else None
+        self.table = None if self.host is not None else table
         self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.sync = sync or GradientSync(self.parameters)
         self.total = torch.zeros((), device=device)
         self.eager_steps = 0
 
-    def compute(self, batch: Batch, cache: bool = True) -> None:
-        """The step on a batch already on the device (gathers its node rows from the table)."""
+    def forward_backward(self, batch: Batch, cache: bool = True) -> None:
+        """Loss and gradients of a batch already on the device (gathers its node rows from a
+        device table); the loss is scaled by the batch's share of the global batch."""
         with autocast(self.device, self.precision, cache):
             loss = self.model.loss(batch.to(self.device, self.table))
+        if batch.weight is not None:
+            loss = loss * batch.weight
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.parameters, self.clip)
-        self.optimizer.step()
         self.total += loss.detach()
 
-    def __call__(self, batch: Batch) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.compute(batch.to(self.device))
+    def finish(self) -> None:
+        """The ranks' gradient sum, clipping and the optimiser step."""
+        self.sync()
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.clip)
+        self.optimizer.step()
+
+    def compute(self, batch: Batch, cache: bool = True) -> None:
+        self.forward_backward(batch, cache)
+        self.finish()
+
+    def __call__(self, batch: Batch | None) -> None:
+        self.sync.zero(self.optimizer)
+        if batch is None:          # an empty share: zero gradients into the sum
+            self.finish()
+        else:
+            host = self.host if batch.nodes_x is None else None   # not gathered yet
+            self.compute(batch.to(self.device, host))
         self.eager_steps += 1
 
     def take_loss(self) -> float:
-        value = self.total.item()
+        value = self.sync.total(self.total).item()
         self.total.zero_()
         return value
 
@@ -129,7 +206,11 @@ class GraphedStep(EagerStep):
         self.failure: str | None = None
         self.replays = 0
 
-    def __call__(self, batch: Batch) -> None:
+    def __call__(self, batch: Batch | None) -> None:
+        if batch is None:
+            return super().__call__(batch)
+        if self.host is not None:          # the graph's inputs take the gathered rows
+            batch = batch.to("cpu", self.host)
         key = batch.shape_key()
         entry = self.graphs.get(key)
         if entry is None and self.failure is None and self.seen[key] >= WARMUP:
@@ -141,16 +222,25 @@ class GraphedStep(EagerStep):
             return
         graph, static = entry
         static.copy_(batch)
-        graph.replay()
+        if self.sync.flat is None:
+            graph.replay()                 # the whole step
+        else:
+            self.sync.zero(self.optimizer)
+            graph.replay()                 # forward + backward into the flat gradients
+            self.finish()                  # all-reduce, clip and step, eagerly
         self.replays += 1
 
     def _capture(self, key: tuple, batch: Batch):
         """A graph of the step on this shape, or None (and eager steps from now on) if the
         capture fails. The caller replays it for ``batch``: capturing runs nothing."""
         static = batch.to(self.device)        # the graph's input tensors, outside its pool
-        self.optimizer.zero_grad(set_to_none=True)   # the captured backward writes them afresh
+        if self.sync.flat is None:
+            self.optimizer.zero_grad(set_to_none=True)   # the captured backward writes them
+            work = functools.partial(self.compute, static, cache=False)
+        else:       # forward + backward only, accumulating into the fixed flat gradients
+            work = functools.partial(self.forward_backward, static, cache=False)
         try:
-            graph = self.cuda.capture(lambda: self.compute(static, cache=False))
+            graph = self.cuda.capture(work)
         except Exception as err:  # noqa: BLE001 - reported; the eager step then runs
             self.failure = f"{type(err).__name__}: {str(err).strip().splitlines()[0]}"
             warnings.warn(f"CUDA graph capture failed ({self.failure}); training goes on "
@@ -168,7 +258,9 @@ class GraphedStep(EagerStep):
 
 
 def make_step(model, optimizer, clip: float, device: torch.device, precision: str,
-              table: torch.Tensor | None, graphs: bool) -> EagerStep:
-    """``graphs``: as ``uses_graphs`` decided (the optimiser must have been made to match)."""
+              table, graphs: bool, dist: Distributed | None = None) -> EagerStep:
+    """``graphs``: as ``uses_graphs`` decided (the optimiser must have been made to match);
+    ``dist``: the process group whose ranks sum their gradients (None: one process)."""
     kind = GraphedStep if graphs else EagerStep
-    return kind(model, optimizer, clip, device, precision, table)
+    sync = GradientSync([p for p in model.parameters() if p.requires_grad], dist)
+    return kind(model, optimizer, clip, device, precision, table, sync=sync)
