@@ -153,3 +153,69 @@ def config_values(options: dict) -> dict:
         else:
             raise click.UsageError(f"option {name!r} sets no TrainConfig field")
     return values
+
+# The options of `train` (each sets the TrainConfig field of its name, see config_values), in the
+# order --help lists them; `train_options` applies them to the command.
+TRAIN_OPTIONS = [
+    click.option("--k", type=int, default=None, help="Neighbours per relation [default: 5]."),
+    click.option("--epochs", default=None, type=int, help="Training epochs [default: 15]."),
+    click.option("--seeds", default="1", show_default=True,
+                 help="Comma-separated seeds, e.g. 1,2,3."),
+    click.option("--encoder", default=None, help="Text encoder: registered name, local folder or "
+                 "hf:<id> [default: mpnet-base on a GPU when its wheels are installed, else "
+                 "minilm-l6]."),
+    click.option("--text-only", is_flag=True, help="No image information at all."),
+    click.option("--no-inter", is_flag=True, help="Without the inter-modal relation graph."),
+    click.option("--no-intra", is_flag=True, help="Without the intra-modal relation graph."),
+    click.option("--no-gate", is_flag=True, help="Fuse image vectors by plain addition."),
+    click.option("--no-shape", is_flag=True, help="Without the word-shape features."),
+    click.option("--context", type=click.Choice(["none", "inter", "intra", "text"]), default=None,
+                 help="Append the tweets paired with a graph's neighbours to the encoder input "
+                      "(text: the build-graphs --relation text graph) [default: none]."),
+    click.option("--context-labels", is_flag=True,
+                 help="Mark the entity spans of the appended tweets that are train tweets "
+                      "([PER Obama ] ...); valid and test neighbours give words only."),
+    click.option("--context-k", type=int, default=None,
+                 help="Neighbour tweets appended [default: 3]."),
+    click.option("--graph-source", type=click.Choice(["ours", "rgcn"]), default=None,
+                 help="Our graphs or the authors' imported lists [default: ours]."),
+    click.option("--pool", type=click.Choice(["all", "train"]), default=None,
+                 help="Pool the graphs must be built over [default: all]."),
+    click.option("--intra-view", type=click.Choice(["object_types", "image_global"]), default=None,
+                 help="Which intra graph (build-graphs --intra-view) the run reads, for the "
+                      "relation and --context intra [default: object_types]."),
+    click.option("--node-view", type=click.Choice(["auto", "region_grid", "image_global"]),
+                 default=None, help="Node features [default: auto: region grids if extracted]."),
+    click.option("--features", type=click.Path(path_type=Path), default=None,
+                 help="Node feature file [default: from the extract manifest]."),
+    click.option("--inter-graph", type=click.Path(path_type=Path), default=None,
+                 help="Inter-modal graph file [default: from the build-graphs manifest]."),
+    click.option("--intra-graph", type=click.Path(path_type=Path), default=None,
+                 help="Intra-modal graph file [default: from the build-graphs manifest]."),
+    click.option("--context-graph", type=click.Path(path_type=Path), default=None,
+                 help="Graph file of --context [default: from the build-graphs manifest]."),
+    click.option("--context-subwords", type=int, default=None,
+                 help="Subword budget of the appended tweets [default: 96]."),
+    click.option("--batch-size", type=int, default=None, help="[default: 16]"),
+    click.option("--lr-encoder", type=float, default=None, help="[default: 1e-4]"),
+    click.option("--lr-head", type=float, default=None, help="New layers' rate [default: 1e-3]."),
+    click.option("--patience", type=int, default=None, help="Early-stopping epochs [default: 4]."),
+    click.option("--length-buckets", type=int, default=None,
+                 help="Batches of similar length, sorted in chunks of this many batches (less "
+                      "padding; main.sh uses 50 on the CPU) [default: 0: random batches]."),
+    click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=None,
+                 help="auto: bf16 autocast on CUDA, fp32 on CPU."),
+    click.option("--deterministic", is_flag=True, help="torch deterministic algorithms."),
+    click.option("--no-cuda-graphs", is_flag=True,
+                 help="On CUDA, run each step eagerly instead of replaying it as a CUDA graph."),
+    click.option("--slug", default=None,
+                 help="Run folder suffix [default: <dataset>-<variant>-s<seed>]."),
+    click.option("--no-checkpoint", is_flag=True,
+                 help="Keep scores and predictions but no weights (no evaluate/predict later)."),
+]
+
+
+def train_options(f):
+    for option in reversed(TRAIN_OPTIONS):
+        f = option(f)
+    return f
