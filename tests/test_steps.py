@@ -1,7 +1,8 @@
 """Training steps: batch padding to few shapes (what CUDA graphs need) changes no result; the
 graphed step's bookkeeping (warm-up, capture, input copy, replay, fallback) trains exactly as the
 eager step, on the CPU through a stand-in for the CUDA calls; on a GPU (tests marked ``cuda``, run
-by ``experiments/gpu/gpu_session.sh steps``) the real CUDA graphs update the model as the eager step does."""
+by ``experiments/gpu/gpu_session.sh steps``) the real CUDA graphs update the model as the eager
+step does."""
 from __future__ import annotations
 
 import contextlib
@@ -205,3 +206,22 @@ def test_training_on_cuda_replays_graphs_and_records_how(tiny_encoder, tiny_data
     outcome = train_tiny(tiny_encoder, tiny_dataset, torch.device("cuda"))
     assert outcome.steps["mode"] == "cuda-graph" and outcome.steps["graph_steps"] > 0
     assert all(np.isfinite(r["train_loss"]) for r in outcome.history)
+
+
+def test_length_buckets_cover_every_example_once_with_less_padding_and_follow_the_generator():
+    import numpy as np
+
+    from trainer.loop import LengthBuckets
+
+    lengths = np.random.default_rng(0).integers(3, 60, size=203)
+    draw = LengthBuckets(lengths, 16, 4, torch.Generator().manual_seed(1))
+    epoch = list(draw)
+    assert len(epoch) == len(draw) == 13
+    assert sorted(i for batch in epoch for i in batch) == list(range(203))
+    again = list(LengthBuckets(lengths, 16, 4, torch.Generator().manual_seed(1)))
+    assert epoch == again and list(draw) != epoch          # same seed, same order; new epoch
+    padded = sum(len(b) * lengths[b].max() for b in epoch)
+    plain = torch.randperm(203, generator=torch.Generator().manual_seed(1)).tolist()
+    random_padded = sum(len(plain[i:i + 16]) * lengths[plain[i:i + 16]].max()
+                        for i in range(0, 203, 16))
+    assert padded < 0.8 * random_padded

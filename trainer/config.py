@@ -127,6 +127,8 @@ class OptimConfig:
     clip: float = 1.0
     patience: int = 4                 # epochs without a better valid F1 before stopping
     cuda_graphs: bool = True          # on CUDA, replay each step as a CUDA graph (trainer.steps)
+    length_buckets: int = 0           # >0: batches of similar length, sorted in chunks of this
+                                      # many batches (trainer.loop.LengthBuckets); 0: random batches
 
     def __post_init__(self):
         _check(self.epochs >= 1, f"optim.epochs must be >= 1, got {self.epochs}", "epochs")
@@ -138,6 +140,8 @@ class OptimConfig:
         _check(self.clip > 0, f"optim.clip must be > 0, got {self.clip}")
         _check(self.patience >= 1, f"optim.patience must be >= 1, got {self.patience}",
                "patience")
+        _check(self.length_buckets >= 0,
+               f"optim.length_buckets must be >= 0, got {self.length_buckets}", "length_buckets")
 
 
 @dataclass(frozen=True)

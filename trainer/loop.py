@@ -90,12 +90,44 @@ def attention_kernels(device: torch.device):
 
 
 def train_loader(split: Split, batch_size: int, generator: torch.Generator, pin: bool,
-                 pad_to: tuple[int, int] = (1, 1), dist: Distributed = Distributed()):
+                 pad_to: tuple[int, int] = (1, 1), dist: Distributed = Distributed(),
+                 buckets: int = 0):
     """Global batches of ``batch_size`` in the generator's order; each rank's batch is its share
-    of the global one, weighted by its size (None for an empty share, see ``steps``)."""
+    of the global one, weighted by its size (None for an empty share, see ``steps``). With
+    ``buckets`` the batches are of similar length (``LengthBuckets``)."""
     collate = functools.partial(_share, split.collator, pad_to, dist.rank, dist.world)
+    if buckets:
+        lengths = [len(ids) for ids in split.encoded.input_ids]
+        sampler = LengthBuckets(lengths, batch_size, buckets, generator)
+        return DataLoader(range(len(lengths)), batch_sampler=sampler, collate_fn=collate,
+                          pin_memory=pin)
     return DataLoader(range(len(split.encoded)), batch_size=batch_size, shuffle=True,
                       generator=generator, collate_fn=collate, pin_memory=pin)
+
+
+class LengthBuckets:
+    """Batches of similar length, drawn afresh each epoch from ``generator``: the examples in a
+    random order, cut into chunks of ``buckets`` batches, each chunk sorted by length (stable) and
+    cut into batches, then every batch of the epoch in a random order. Less padding (about a third
+    fewer word-piece cells on TWITTER-2017 with 50 batches a chunk); every rank draws the same."""
+
+    def __init__(self, lengths, batch_size: int, buckets: int, generator: torch.Generator):
+        self.lengths, self.batch_size = np.asarray(lengths), batch_size
+        self.chunk, self.generator = batch_size * buckets, generator
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).numpy()
+        batches = []
+        for start in range(0, len(order), self.chunk):
+            part = order[start:start + self.chunk]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches += [part[i:i + self.batch_size].tolist()
+                        for i in range(0, len(part), self.batch_size)]
+        for index in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[index]
 
 
 def _share(collator: Collator, pad_to, rank: int, world: int, positions: list[int]):
@@ -216,7 +248,8 @@ def train(prep: Prepared, progress=no_progress, on_epoch=None) -> Outcome:
     optimizer = torch.optim.AdamW(_param_groups(model, optim, device if graphs else None),
                                   fused=pin, capturable=graphs)
     step = make_step(model, optimizer, optim.clip, device, precision, table, graphs, dist)
-    loader = train_loader(train_split, optim.batch_size, generator, pin, step.pad_to, dist)
+    loader = train_loader(train_split, optim.batch_size, generator, pin, step.pad_to, dist,
+                          optim.length_buckets)
     factor, done = _schedule(optim.epochs * len(loader), optim.warmup), 0
     set_learning_rates(optimizer, factor(done))
     outcome = Outcome(best_epoch=0, best_state={})
