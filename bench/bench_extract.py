@@ -22,6 +22,8 @@ Synthetic JPEGs of tweet-like sizes (600x400 to 1200x900, smooth content, qualit
 in ``--dir``. Needs only torch, torchvision, h5py, numpy, PIL and efficientnet_lite_pytorch.
 
     python bench/bench_extract.py --images 64 --batch-size 16 --out /tmp/bench-extract-cpu.json
+    python bench/bench_extract.py --images 64 --ranks 2 --workers 0 --models efficientnet-lite0 \\
+        --out /tmp/bench-extract-ranks.json             # + torchrun, 1 and 2 gloo ranks on CPU
     python bench/bench_extract.py --device cuda --images 8192 --batch-size 256 --workers 16 \\
         --out bench/results/extract-h100.json
 """
@@ -258,6 +260,36 @@ def bench_extract(model, data, images, args, artifacts) -> tuple[float, float | 
     return args.images / total, clock.steady()
 
 
+def bench_ranks(model, data, images, args, folder: Path) -> list[dict]:
+    """Wall time of ``cli.py extract`` (region_grid) under ``torchrun`` with 1 and ``--ranks``
+    ranks on the same images (the 1-rank run is the baseline), and whether the N-rank file
+    equals the 1-rank file (float tolerance)."""
+    from bench.launch import torchrun
+    from pipeline.data import load_dataset
+    from pipeline.features import load_manifest, read_features
+    from pipeline.store import dataset_key
+
+    rows, files = [], {}
+    key = dataset_key(load_dataset(data, None, images))
+    for ranks in sorted({1, args.ranks}):
+        artifacts = folder / f"artifacts-{ranks}-ranks"
+        seconds = torchrun(ranks, [
+            "cli.py", "extract", "--data-dir", data, "--image-dir", images, "--quiet",
+            "--artifacts", artifacts, "--views", "region_grid", "--image-encoder", model,
+            "--device", args.device, "--batch-size", args.batch_size, "--workers", args.workers,
+            "--overwrite"] + (["--float16"] if args.float16 else []))
+        files[ranks] = read_features(load_manifest(artifacts, key)["region_grid"])
+        rows.append({"ranks": ranks, "seconds": seconds, "images_per_s": args.images / seconds,
+                     "speedup": rows[0]["seconds"] / seconds if rows else 1.0})
+    one = files[1]
+    for row in rows:
+        other = files[row["ranks"]]
+        row["equal_to_1_rank"] = bool(
+            other.item_ids == one.item_ids and other.reason == one.reason
+            and np.allclose(other.features, one.features, atol=1e-3))
+    return rows
+
+
 def run(args) -> dict:
     folder = Path(args.dir or tempfile.mkdtemp(prefix="bench-extract-"))
     data, images, kb = make_dataset(folder, args.images, args.workers)
@@ -295,6 +327,8 @@ def run(args) -> dict:
             "steady_over_decode": steady / decode if steady else None,
             "steady_over_limit": steady / limit if steady else None,
             "steady_over_shared": steady / shared if steady and shared else None}
+        if args.ranks:
+            result["models"][model]["ranks"] = bench_ranks(name, data, images, args, folder)
     return result
 
 
@@ -336,6 +370,15 @@ def table(result: dict) -> str:
                  "to last), (total) = whole call;")
     lines.append(f"ext/min = extract over the slower of forward and decode ({decode}); "
                  "target >= 0.8; ext/shr = extract over shared")
+    for model, r in result["models"].items():
+        if r.get("ranks"):
+            lines.append(f"torchrun extract of {model} (whole command, cores split between "
+                         "the ranks; baseline: 1 rank, same run)")
+            lines.append(f"{'ranks':>6}{'seconds':>10}{'img/s':>9}{'x 1 rank':>10}  "
+                         "file equal to 1 rank's")
+            lines += [f"{x['ranks']:>6}{x['seconds']:>10.2f}{x['images_per_s']:>9.1f}"
+                      f"{x['speedup']:>10.2f}  {'yes' if x['equal_to_1_rank'] else 'NO'}"
+                      for x in r["ranks"]]
     return "\n".join(lines)
 
 
@@ -348,6 +391,8 @@ def main(argv=None) -> None:
     parser.add_argument("--models", default="efficientnet-lite0,resnet50")
     parser.add_argument("--float32", dest="float16", action="store_false",
                         help="store float32 (default: float16, as --float16 in extract)")
+    parser.add_argument("--ranks", type=int, default=0,
+                        help="also time extract under torchrun with 1 and this many ranks")
     parser.add_argument("--dir", default=None, help="where the JPEGs and HDF5 files go "
                         "[default: a new temporary folder]")
     parser.add_argument("--out", type=Path, required=True, help="JSON results file")
