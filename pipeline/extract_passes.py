@@ -21,8 +21,8 @@ from .encoders import load_encoder
 from .feature_shards import ShardWriter, merge_shards
 from .features import FeatureWriter, read_features
 from .images import DecodeAhead, DecodeSpec, image_batches
-from .objects import coco_prompts, imagenet_phrase
-from .producers import Item, text_producer
+from .objects import imagenet_phrase
+from .producers import ImageViews, Item, text_producer
 from .progress import no_progress
 
 IMAGE_PRODUCERS = {"cnn": "cnn", "clip_image": "clip", "clip_objects": "clip"}
@@ -95,24 +95,6 @@ def _merge(jobs, dataset, attrs_of, dtype, dist) -> None:
 
 # ---- images -----------------------------------------------------------------------------------
 
-def _outputs(encoder, views: set[str]):
-    """images -> {view: device tensor} for one model."""
-    if hasattr(encoder, "forward_views"):
-        def run(images):
-            out = encoder.forward_views(images)
-            return {"region_grid": out["grid"], "object_types": out["probs"]}
-        return run
-    prompts = encoder.encode_text(coco_prompts()) if "object_types" in views else None
-
-    def run_clip(images):
-        embeddings = encoder.encode_image(images)
-        out = {"image_global": embeddings}
-        if prompts is not None:
-            out["object_types"] = encoder.zero_shot(embeddings, prompts)
-        return out
-    return run_clip
-
-
 class _Done:
     """A computed batch on its way to the host. On CUDA the copy runs on ``copier`` (a stream of
     its own, so the next forward pass does not wait for it) into pinned memory; ``write`` waits
@@ -179,7 +161,8 @@ def _image_pass(jobs, writers, encoder, dataset, config, run, progress) -> None:
     on_cuda = run["device"].startswith("cuda")
     loader = image_batches(pending, [paths[r] for r in pending], spec, run["decode"],
                            config.batch_size, run["workers"], pin_memory=on_cuda)
-    forward = _outputs(encoder, set(views))
+    config = next((job.config for job in jobs if job.view == "object_types"), {})
+    forward = ImageViews(encoder, views, config).compute_batch     # the views' producer
     shapes = _Shapes(forward, spec.size, run["device"])
     dtype = writers[views[0]].dtype
     copier = torch.cuda.Stream(torch.device(run["device"])) if on_cuda else None
