@@ -26,13 +26,14 @@ from pathlib import Path
 
 from . import features as fs
 from . import store
-from .artifacts import environment, fingerprint, ids_fingerprint
+from .artifacts import environment, ids_fingerprint
 from .data import Dataset, load_dataset
 from .distributed import Distributed
 from .encoders import EncoderSpec, encoder_fingerprint, resolve_encoder
 from .errors import InvalidConfig
 from .extract_passes import run_jobs
 from .objects import COCO_80, LEXICON
+from .producers import recipe, view_fingerprint
 from .progress import no_progress
 from .runtime import resolve_device, resolve_precision
 from .text import tweet_text  # noqa: F401 (re-exported: the tweet text of the text view)
@@ -232,11 +233,10 @@ def plan(config: ExtractConfig, dataset: Dataset, precision: str) -> list[Job]:
     ids_sha, key = ids_fingerprint(dataset.item_ids()), store.dataset_key(dataset)
     for job in jobs:
         job.config["precision"] = precision if job.producer != "caption_objects" else "n/a"
-        job.fingerprint = fingerprint({
-            "format": FORMAT_VERSION, "view": job.view, "source": job.source, "space": job.space,
-            "encoder": job.encoder, "config": job.config,
-            "inputs_sha256": store.inputs_digest(job.inputs), "ids_sha256": ids_sha,
-            "dtype": "float16" if config.float16 else "float32"})
+        job.fingerprint = view_fingerprint(      # the producer's recipe and what it read
+            recipe(job.view, job.source, job.space, job.encoder, job.config),
+            inputs_sha256=store.inputs_digest(job.inputs), ids_sha256=ids_sha,
+            dtype="float16" if config.float16 else "float32", format_version=FORMAT_VERSION)
         job.path = fs.file_path(config.artifacts, key, job.view, job.fingerprint)
         if job.producer == "label_phrase":    # after its object_types job (planned before it)
             job.needs = next(j.path for j in jobs if j.view == "object_types")

@@ -30,6 +30,7 @@ import numpy as np
 
 import torch
 
+from .artifacts import fingerprint
 from .images import DecodeSpec, decode_file
 from .objects import COCO_80, caption_object_matrix, coco_prompts, imagenet_phrase
 from .text import tweet_text
@@ -49,6 +50,20 @@ class Computed:
     vectors: np.ndarray          # float32 (n, d), zero rows where not valid
     valid: np.ndarray            # bool (n,)
     reasons: list[str]           # "" where valid
+
+
+def recipe(view: str, source: str, space: str, encoder: dict, config: dict) -> dict:
+    """A producer's recipe: what computes a view's rows (``encoder``: ``{"spec",
+    "weights_sha256"}``; ``config``: the producer's settings, as recorded in the file)."""
+    return {"view": view, "source": source, "space": space, "encoder": encoder, "config": config}
+
+
+def view_fingerprint(recipe: dict, *, inputs_sha256: str, ids_sha256: str, dtype: str,
+                     format_version: int) -> str:
+    """A feature file's fingerprint: its producer's recipe, the data it read, its rows and their
+    storage dtype."""
+    return fingerprint({"format": format_version, **recipe, "inputs_sha256": inputs_sha256,
+                        "ids_sha256": ids_sha256, "dtype": dtype})
 
 
 def _embed(encoder, texts: list[str], reasons: list[str], max_length: int | None) -> Computed:
