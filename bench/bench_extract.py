@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.launch import extract_ranks  # noqa: E402
 from bench.machine import machine as base_machine  # noqa: E402
 
 import torch  # noqa: E402
@@ -260,36 +261,6 @@ def bench_extract(model, data, images, args, artifacts) -> tuple[float, float | 
     return args.images / total, clock.steady()
 
 
-def bench_ranks(model, data, images, args, folder: Path) -> list[dict]:
-    """Wall time of ``cli.py extract`` (region_grid) under ``torchrun`` with 1 and ``--ranks``
-    ranks on the same images (the 1-rank run is the baseline), and whether the N-rank file
-    equals the 1-rank file (float tolerance)."""
-    from bench.launch import torchrun
-    from pipeline.data import load_dataset
-    from pipeline.features import load_manifest, read_features
-    from pipeline.store import dataset_key
-
-    rows, files = [], {}
-    key = dataset_key(load_dataset(data, None, images))
-    for ranks in sorted({1, args.ranks}):
-        artifacts = folder / f"artifacts-{ranks}-ranks"
-        seconds = torchrun(ranks, [
-            "cli.py", "extract", "--data-dir", data, "--image-dir", images, "--quiet",
-            "--artifacts", artifacts, "--views", "region_grid", "--image-encoder", model,
-            "--device", args.device, "--batch-size", args.batch_size, "--workers", args.workers,
-            "--overwrite"] + (["--float16"] if args.float16 else []))
-        files[ranks] = read_features(load_manifest(artifacts, key)["region_grid"])
-        rows.append({"ranks": ranks, "seconds": seconds, "images_per_s": args.images / seconds,
-                     "speedup": rows[0]["seconds"] / seconds if rows else 1.0})
-    one = files[1]
-    for row in rows:
-        other = files[row["ranks"]]
-        row["equal_to_1_rank"] = bool(
-            other.item_ids == one.item_ids and other.reason == one.reason
-            and np.allclose(other.features, one.features, atol=1e-3))
-    return rows
-
-
 def run(args) -> dict:
     folder = Path(args.dir or tempfile.mkdtemp(prefix="bench-extract-"))
     data, images, kb = make_dataset(folder, args.images, args.workers)
@@ -328,7 +299,7 @@ def run(args) -> dict:
             "steady_over_limit": steady / limit if steady else None,
             "steady_over_shared": steady / shared if steady and shared else None}
         if args.ranks:
-            result["models"][model]["ranks"] = bench_ranks(name, data, images, args, folder)
+            result["models"][model]["ranks"] = extract_ranks(name, data, images, args, folder)
     return result
 
 
