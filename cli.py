@@ -31,6 +31,7 @@ def main(debug):
       build-graphs  inter-modal and intra-modal neighbour graphs (FAISS)
       train         the text encoder + GCN + gate + CRF tagger
       evaluate      re-score a saved run;  predict: tag new tweets
+      ensemble      tag a split with several seeds of one run config together
       stats         per-split counts of a dataset
     """
 
@@ -151,6 +152,11 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
               type=click.Choice(["inter", "intra", "text", "none"]),
               help="Build only these relations (repeat) [default: inter and intra]; text: "
                    "tweet -> tweets by text (no image), for --context text; none: import only.")
+@click.option("--intra-view", type=click.Choice(["object_types", "image_global"]),
+              default="object_types", show_default=True,
+              help="What the intra graph compares: object-type vectors, or the image_global "
+                   "vectors (with captions: the image's text -> other images' text; written as "
+                   "intra:image_global, beside intra).")
 @click.option("--import-rgcn/--no-import-rgcn", default=None,
               help="Import the authors' lists from <data-dir>/rgcn [default: if it exists].")
 @click.option("--hubness", type=click.Choice(["none", "csls"]), default="none", show_default=True,
@@ -167,8 +173,8 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
 @device_option
 @quiet_option
 @friendly_errors
-def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn, hubness, ties,
-                 approx, backend, plot, overwrite, device, quiet):
+def build_graphs(data_dir, artifacts, k, pool, features, relations, intra_view, import_rgcn,
+                 hubness, ties, approx, backend, plot, overwrite, device, quiet):
     """Inter-modal and intra-modal top-K neighbour graphs under <artifacts>/graphs/.
 
     \b
@@ -191,7 +197,7 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn,
                          approx=None if approx == "none" else approx,
                          relations=() if "none" in relations
                          else (relations or DEFAULT_RELATIONS),
-                         backend=backend, device=device)
+                         backend=backend, device=device, intra_view=intra_view)
     rgcn_dir = Path(data_dir) / "rgcn"
     use_rgcn = rgcn_dir.is_dir() if import_rgcn is None else import_rgcn
     results = build(dataset, artifacts, config, features=features,
@@ -228,12 +234,18 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, import_rgcn,
 @click.option("--context", type=click.Choice(["none", "inter", "intra", "text"]), default=None,
               help="Append the tweets paired with a graph's neighbours to the encoder input "
                    "(text: the build-graphs --relation text graph) [default: none].")
+@click.option("--context-labels", is_flag=True,
+              help="Mark the entity spans of the appended tweets that are train tweets "
+                   "([PER Obama ] ...); valid and test neighbours give words only.")
 @click.option("--context-k", type=int, default=None,
               help="Neighbour tweets appended [default: 3].")
 @click.option("--graph-source", type=click.Choice(["ours", "rgcn"]), default=None,
               help="Our graphs or the authors' imported lists [default: ours].")
 @click.option("--pool", type=click.Choice(["all", "train"]), default=None,
               help="Pool the graphs must be built over [default: all].")
+@click.option("--intra-view", type=click.Choice(["object_types", "image_global"]), default=None,
+              help="Which intra graph (build-graphs --intra-view) the run reads, for the "
+                   "relation and --context intra [default: object_types].")
 @click.option("--node-view", type=click.Choice(["auto", "region_grid", "image_global"]),
               default=None, help="Node features [default: auto: region grids if extracted].")
 @click.option("--features", type=click.Path(path_type=Path), default=None,
@@ -301,27 +313,71 @@ def train(config_file, seeds, quiet, **options):
 @main.command(context_settings=CONTEXT)
 @click.option("--run", type=click.Path(path_type=Path), required=True, help="A run folder.")
 @click.option("--split", default="test", show_default=True, help="train, valid or test.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Where the run's data is now, when the recorded folder moved (its content must "
+                   "be the one the run was trained on) [default: the recorded folder].")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Also write the scores to this .json file.")
 @device_option
+@quiet_option
 @friendly_errors
-def evaluate(run, split, device):
+def evaluate(run, split, data_dir, output, device, quiet):
     """Re-score a saved run on a split and print its P/R/F1 table (both modes).
 
-    The run loads from its folder alone (safetensors + JSON); the data and the feature and graph
-    files it recorded must be unchanged.
+    The run loads from its folder alone (safetensors + JSON, the neighbour pool of its pool.h5);
+    the data must be the content it was trained on, in the recorded folder or in --data-dir.
 
-    Example: python cli.py evaluate --run artifacts/runs/<id> --split test
+    Example: python cli.py evaluate --run artifacts/runs/<id> --split test -o test.json
     """
+    from pipeline.artifacts import write_json
     from trainer.metrics import format_table
     from trainer.run import evaluate_run
 
-    result, _ = evaluate_run(run, split, device)
+    if output is not None:
+        if output.suffix != ".json":
+            raise click.BadParameter(f"{output}: the scores are written as JSON; name a .json "
+                                     "file", param_hint="--output")
+        writable_file(output, setting="output")     # before the work, not after it
+    result, _ = evaluate_run(run, split, device, data_dir, progress_factory(quiet))
     click.echo(format_table(result.scores, f"{split} ({run}, {len(result.tags)} tweets)"))
+    if output is not None:
+        write_json(output, {"run": str(run), "split": split, "tweets": len(result.tags),
+                            **result.scores})
+        click.echo(f"wrote {output}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--run", "runs", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="A run folder (repeat); runs of one config, seeds apart.")
+@click.option("--split", default="test", show_default=True, help="train, valid or test.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Also write the ensemble's and each member's scores as JSON here.")
+@device_option
+@friendly_errors
+def ensemble(runs, split, output, device):
+    """Tag a split with a seed ensemble: the runs' emissions and CRF potentials averaged, then
+    Viterbi. Prints each single model's F1 and the ensemble's, apart, and its P/R/F1 table.
+
+    Example: python cli.py ensemble --run artifacts/runs/<id1> --run artifacts/runs/<id2>
+    """
+    from trainer.ensemble import ensemble as run_ensemble, summary_lines
+    from trainer.metrics import format_table
+
+    if output is not None:
+        writable_file(output, setting="output")
+    result = run_ensemble(runs, split, device)
+    click.echo(format_table(result.scores, f"{split} (ensemble of {len(runs)} runs)"))
+    click.echo("\n".join(summary_lines(result)))
+    if output is not None:
+        click.echo(f"wrote {result.write(output)}")
 
 
 @main.command(context_settings=CONTEXT)
 @click.option("--run", type=click.Path(path_type=Path), required=True, help="A run folder.")
 @click.option("--input", "input_file", type=click.Path(path_type=Path), default=None,
-              help="Tweets in the UMT format (IMGID lines, token<TAB>tag; tags may all be O).")
+              help="Tweets to tag: UMT (IMGID lines, token<TAB>tag), JSON lines (.jsonl: id, "
+                   "tokens, optional tags and image) or plain text (one tweet per line, tokens "
+                   "separated by spaces). Gold tags, when given, are scored.")
 @click.option("--text", default=None, help="One tweet, words separated by spaces.")
 @click.option("--image", type=click.Path(path_type=Path), default=None,
               help="The --text tweet's image file.")
@@ -329,40 +385,48 @@ def evaluate(run, split, device):
 @captions_option
 @image_dir_option
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
-              help="Write the tagged tweets (CoNLL) here instead of stdout.")
+              help="Write the tagged tweets here instead of stdout: .conll/.txt (CoNLL with an "
+                   "id column) or .jsonl (tokens, tags, entity spans).")
 @device_option
+@quiet_option
 @friendly_errors
-def predict(run, input_file, text, image, caption, captions, image_dir, output, device):
-    """Tag new tweets with a saved run (a UMT file, or one --text with --image/--caption).
+def predict(run, input_file, text, image, caption, captions, image_dir, output, device, quiet):
+    """Tag new tweets with a saved run (a file, or one --text with --image/--caption).
 
     New tweets get their neighbours from the run's pool through the same encoders and search as
     build-graphs; tweets of the run's dataset keep their recorded neighbours. With gold tags in
-    --input, the P/R/F1 table goes to stderr.
+    --input, the P/R/F1 table goes to stderr; untagged input gives predictions only.
 
     Example: python cli.py predict --run artifacts/runs/<id> --text "Obama visits Paris"
     """
     from pipeline.artifacts import atomic_path
+    from pipeline.outputs import format_of
     from trainer.metrics import format_table
-    from trainer.predict import file_examples, predict as tag, text_example, write_predictions
+    from trainer.predict import (file_examples, neighbour_lines, predict as tag, run_labels,
+                                 text_example, write_predictions)
 
     if (input_file is None) == (text is None):
         raise click.UsageError("give exactly one of --input FILE or --text TEXT")
+    fmt = "conll"
     if output is not None:
         writable_file(output, setting="output")     # before the work, not after it
-    examples = (file_examples(input_file, captions, image_dir) if input_file
-                else [text_example(text, caption, image)])
-    result = tag(run, examples, device)
+        fmt = format_of(output)
+    examples = (file_examples(input_file, captions, image_dir, run_labels(Path(run)))
+                if input_file else [text_example(text, caption, image)])
+    result = tag(run, examples, device, progress_factory(quiet or text is not None))
     for note in result.notes:
         click.echo(f"warning: {note}", err=True)
     if text is not None and result.neighbours[0]:
-        click.echo(f"neighbours: {result.neighbours[0]}", err=True)
+        click.echo("neighbours:", err=True)
+        for line in neighbour_lines(result.neighbours[0]):
+            click.echo(f"  {line}", err=True)
     if result.scores is not None:
         click.echo(format_table(result.scores, f"{input_file} ({len(examples)} tweets)"), err=True)
     if output is None:
-        write_predictions(result, sys.stdout)
+        write_predictions(result, sys.stdout, fmt)
         return
     with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        write_predictions(result, out)
+        write_predictions(result, out, fmt)
     click.echo(f"wrote {output}")
 
 

@@ -303,7 +303,7 @@ def dataset_section(config, dataset: str, rows, gains, paper, status: dict, comm
     summaries = [summarize_row(dataset, row, found.get((dataset, row.name), {}),
                                config.planned_seeds(row), status_runs, paper) for row in rows]
     by_name = {s["row"]: s for s in summaries}
-    gain_lines = gains_rows(by_name, gains)
+    gain_lines = gains_rows(by_name, [g for g in gains if g[0] in by_name and g[1] in by_name])
     with_runs = {row.name: found[(dataset, row.name)] for row in rows
                  if found.get((dataset, row.name))}
     ks = {r["config"]["model"]["k"] for runs in with_runs.values() for r in runs.values()}

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.graphs import manifest_key
+
+INTRA_TEXT = manifest_key("intra", intra_view="image_global")     # intra:image_global
+
 
 # The slides' Tables 1 and 2 (F1 %, their per-batch mean over word-piece chunks: not seqeval's
 # corpus-level F1; see ../shared/docs/rgcn-method.md).
@@ -23,7 +27,8 @@ class Row:
     --headline-seeds, the others --seeds; ``graphs``: the graph files the row trains on (the
     tweet-text graph "text" is built only when a planned row needs it); ``paper``: the setting
     of the slides' tables it compares with (PAPER above); ``weight``: relative run
-    time, to launch the longest first."""
+    time, to launch the longest first; ``default``: planned without --rows (the issue-15 rows
+    are not: name them)."""
 
     name: str
     label: str
@@ -32,6 +37,7 @@ class Row:
     graphs: tuple[str, ...] = ()
     paper: str = ""
     weight: float = 1.0
+    default: bool = True
 
 
 ROWS = (
@@ -59,6 +65,23 @@ ROWS = (
     Row("ctx-images-train", "ctx-images, neighbours from the train pool only (inductive)",
         ("--text-only", "--context", "inter", "--pool", "train"), True, ("inter@train",), "",
         2.0),
+    # issue 15: the intra graph from image text (build-graphs --intra-view image_global: the own
+    # image's text vector against the other images' text vectors) and labelled train neighbours
+    Row("full-intra-text", "R-GCN, intra graph from image text (not object types)",
+        ("--intra-view", "image_global"), True, ("inter", INTRA_TEXT), "R-GCN", 1.3,
+        default=False),
+    Row("no-inter-intra-text", "IntraRG alone, from image text",
+        ("--no-inter", "--intra-view", "image_global"), False, (INTRA_TEXT,),
+        "without InterRG", 1.2, default=False),
+    Row("ctx-intra-text", "text + tweets of the images whose text is like the own image's text",
+        ("--text-only", "--context", "intra", "--intra-view", "image_global"), True,
+        (INTRA_TEXT,), "", 2.0, default=False),
+    Row("ctx-labels", "ctx-images with the train neighbours' entity spans marked",
+        ("--text-only", "--context", "inter", "--context-labels"), True, ("inter",), "", 2.1,
+        default=False),
+    Row("full-ctx-labels", "R-GCN, our graphs, + ctx-labels",
+        ("--context", "inter", "--context-labels"), True, ("inter", "intra"), "", 2.4,
+        default=False),
 )
 
 # (a, b, what a - b measures): the gains section of the report, in this order.
@@ -76,4 +99,11 @@ GAINS = (
     ("full-ctx-images", "text-only", "R-GCN + neighbour-image tweets"),
     ("full-ctx-images", "full", "context on top of R-GCN"),
     ("ctx-images-train", "text-only", "neighbour-image tweets, train pool (inductive)"),
+    ("full-intra-text", "full", "intra graph from image text vs from object types"),
+    ("full-intra-text", "text-only", "image gain, intra graph from image text"),
+    ("no-inter-intra-text", "no-graphs", "IntraRG from image text alone"),
+    ("ctx-intra-text", "text-only", "tweets of image-text neighbours as context"),
+    ("ctx-labels", "ctx-images", "train neighbours' entity spans marked"),
+    ("ctx-labels", "text-only", "labelled neighbour tweets as context"),
+    ("full-ctx-labels", "full-ctx-images", "entity spans on top of R-GCN + context"),
 )

@@ -2,7 +2,11 @@
 whose words (lower-cased) occur in the tweet of at least one of the query's first K neighbours.
 
     python experiments/neighbour_entities.py --data-dir ../shared/data/twitter2017 \\
-        [--artifacts artifacts] [--graphs inter,intra,text,inter-rgcn,intra-rgcn] [--k 3]
+        [--artifacts artifacts] [--graphs inter,intra,intra:image_global,text] [--k 3]
+
+Graphs are named by their build-graphs manifest key: ``intra:image_global`` is the intra graph
+built from the image-text view (``build-graphs --relation intra --intra-view image_global``),
+``inter@train`` one over the train pool, ``inter-rgcn`` the authors' lists.
 
 A neighbour without a tweet in the dataset counts as an empty tweet. ``random`` draws K other tweets
 of the pool uniformly (seeded): the chance level. The gold tags are read only to score the graphs;
@@ -61,13 +65,14 @@ def random_neighbours(queries, pool: list[str], k: int, seed: int) -> list[list[
 
 def evaluate(data_dir, artifacts, names, k: int, split: str, seed: int = 0) -> list[dict]:
     from pipeline.graphs import load_graph_manifest, read_graph
+    from pipeline.store import dataset_key
 
     dataset = load_dataset(data_dir)
     words_of = {t.item_id: [w.lower() for w in t.tokens]
                 for tweets in dataset.splits.values() for t in tweets}
     queries = dataset.splits[split]
     ids = [t.item_id for t in queries]
-    manifest = load_graph_manifest(artifacts, dataset.name)
+    manifest = load_graph_manifest(artifacts, dataset_key(dataset))
     rows = []
     for name in names:
         if name not in manifest:
@@ -98,7 +103,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--graphs", default="inter,intra,text,inter-rgcn,intra-rgcn")
+    parser.add_argument("--graphs",
+                        default="inter,intra,intra:image_global,text,inter-rgcn,intra-rgcn")
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--split", default="test", choices=["train", "valid", "test"])
     parser.add_argument("--out", type=Path, default=None)

@@ -30,13 +30,16 @@ def variant(model: dict) -> str:
     if not model.get("shape", True):
         name += "+no-shape"
     if model.get("context", "none") != "none":
-        name += f"+ctx-{model['context']}-k{model.get('context_k')}"
+        name += f"+ctx-{model['context']}-k{model.get('context_k')}" + (
+            "+labels" if model.get("context_labels") else "")
     return name
 
 
 def run_key(config: dict, env: dict) -> tuple:
     model = config["model"]
-    return (Path(config["data_dir"]).name, Path(str(model["encoder"])).name, variant(model),
+    intra_view = config.get("intra_view", "object_types")     # which intra graph (issue 15)
+    return (Path(config["data_dir"]).name, Path(str(model["encoder"])).name,
+            variant(model) + ("" if intra_view == "object_types" else f"+intra:{intra_view}"),
             "-" if model.get("text_only") else config.get("graph_source", "ours"),
             config.get("pool", "all"), "-" if model.get("text_only") else model.get("node_view"),
             env.get("device", {}).get("gpu") or "CPU")

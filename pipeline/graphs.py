@@ -3,7 +3,12 @@
 - ``inter`` (inter-modal): the tweet's ``text`` vector against the ``image_global`` vectors of the
   pool; both views must live in the same space (e.g. the sentence encoder applied to the tweet and
   to a caption of the image), else ``SpaceMismatch``.
-- ``intra`` (intra-modal): the ``object_types`` vector of the tweet's own image against the others'.
+- ``intra`` (intra-modal): the ``object_types`` vector of the tweet's own image against the others'
+  (``intra_view="object_types"``, the default), or with ``intra_view="image_global"`` the own
+  image's ``image_global`` vector against the others' (with captions or another image-text source
+  that is the embedding of the image's text: image text -> other images' text). The view is
+  recorded in the graph (attrs ``views``, the fingerprint) and in its manifest key
+  (``intra:image_global``), so both intra graphs live side by side.
 - ``text`` (no image involved, built only on request): the tweet's ``text`` vector against the
   other tweets' ``text`` vectors; the control for retrieval through images (context ``text``).
 
@@ -62,6 +67,7 @@ RELATIONS = ("inter", "intra", "text")
 DEFAULT_RELATIONS = ("inter", "intra")
 VIEWS = {"inter": ("text", "image_global"), "intra": ("object_types", "object_types"),
          "text": ("text", "text")}
+INTRA_VIEWS = ("object_types", "image_global")     # what the intra graph compares (intra_view)
 POOLS = {"all": ("train", "valid", "test"), "train": ("train",)}
 HUBNESS = ("none", "csls")
 TIES = ("random", "index")
@@ -90,6 +96,7 @@ class GraphConfig:
     backend: str = "auto"
     device: str = "auto"
     recall_sample: int = 1000
+    intra_view: str = "object_types"
 
     def __post_init__(self):
         object.__setattr__(self, "relations", tuple(self.relations))
@@ -106,6 +113,8 @@ class GraphConfig:
                f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         _check(set(self.relations) <= set(RELATIONS),
                f"relations must be among {', '.join(RELATIONS)}, got {', '.join(self.relations)}")
+        _check(self.intra_view in INTRA_VIEWS, f"intra_view must be one of "
+               f"{', '.join(INTRA_VIEWS)}, got {self.intra_view!r}")
 
     def recipe(self) -> dict:
         """The settings that change the graph (its fingerprint)."""
@@ -117,12 +126,28 @@ class GraphConfig:
         return dataclasses.asdict(self)
 
 
-def manifest_key(relation: str, source: str = "ours", pool: str = "all") -> str:
+def manifest_key(relation: str, source: str = "ours", pool: str = "all",
+                 intra_view: str = INTRA_VIEWS[0]) -> str:
     """A graph's name in the build-graphs manifest: ``inter``, ``intra``, ``text`` (ours, pool
     all), ``inter-rgcn`` / ``intra-rgcn`` (the authors'), ``inter@train`` (ours over the train
-    pool), so that graphs of both pools live side by side."""
+    pool), ``intra:image_global`` (ours, intra from another view than object types), so that
+    graphs of both pools and both intra views live side by side."""
     name = relation if source == "ours" else f"{relation}-{source}"
+    if relation == "intra" and intra_view != INTRA_VIEWS[0]:
+        name = f"{name}:{intra_view}"
     return name if pool == "all" else f"{name}@{pool}"
+
+
+def relation_views(relation: str, intra_view: str = INTRA_VIEWS[0]) -> tuple[str, str]:
+    """``(query view, pool view)`` a relation compares; ``intra_view`` picks the intra one."""
+    return (intra_view, intra_view) if relation == "intra" else VIEWS[relation]
+
+
+def graph_views(attrs: dict) -> tuple[str, str]:
+    """``(query view, pool view)`` a graph file was built from (its ``views`` attribute; graphs
+    written before it was recorded used the fixed ``VIEWS`` of their relation)."""
+    views = attrs.get("views")
+    return tuple(views) if views else VIEWS[attrs["relation"]]
 
 
 def resolve_features(artifacts, key: str, given=()) -> dict[str, Path]:
@@ -266,11 +291,15 @@ def _rank(xq, xb, exclude, config: GraphConfig, progress, info: dict, dist):
     return np.where(I >= 0, D, np.nan).astype(np.float32), I
 
 
-def _fingerprint(relation, dataset: Dataset, pool_ids, inputs, config: GraphConfig) -> str:
-    return fingerprint({"format": FORMAT_VERSION, "relation": relation, "source": "ours",
-                        "queries": ids_fingerprint(dataset.item_ids()),
-                        "pool_candidates": ids_fingerprint(pool_ids), "recipe": config.recipe(),
-                        "inputs": inputs})
+def _fingerprint(relation, dataset: Dataset, pool_ids, inputs, config: GraphConfig,
+                 views: tuple[str, str]) -> str:
+    payload = {"format": FORMAT_VERSION, "relation": relation, "source": "ours",
+               "queries": ids_fingerprint(dataset.item_ids()),
+               "pool_candidates": ids_fingerprint(pool_ids), "recipe": config.recipe(),
+               "inputs": inputs}
+    if views != VIEWS[relation]:      # only then: the fixed views' graphs keep their fingerprint
+        payload["views"] = list(views)
+    return fingerprint(payload)
 
 
 def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], artifacts,
@@ -279,7 +308,8 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
     """Build (or reuse) one relation's graph file; see the module docstring. In a group
     (``dist``) every rank searches its share of the pool and rank 0 writes the file."""
     cache, dist = ({} if _cache is None else _cache), dist or Distributed()
-    qv, bv = (_load_view(views, name, dataset, artifacts, cache) for name in VIEWS[relation])
+    names = relation_views(relation, config.intra_view)
+    qv, bv = (_load_view(views, name, dataset, artifacts, cache) for name in names)
     if qv.space != bv.space:
         raise SpaceMismatch(f"{relation} graph: {qv.name} features are in space {qv.space!r} but "
                             f"{bv.name} features in {bv.space!r}; extract both with the same "
@@ -287,9 +317,9 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
     candidates = [i for split in POOLS[config.pool] for i in dataset.item_ids(split)]
     inputs = {**qv.inputs, **bv.inputs, **{f"features:{v.name}": {
         "file": v.path.name, "sha256": v.fingerprint} for v in (qv, bv)}}
-    fp = _fingerprint(relation, dataset, candidates, inputs, config)
+    fp = _fingerprint(relation, dataset, candidates, inputs, config, names)
     path = graph_path(artifacts, store.dataset_key(dataset), relation, "ours", fp)
-    name = manifest_key(relation, "ours", config.pool)
+    name = manifest_key(relation, "ours", config.pool, config.intra_view)
     if reusable(path, fp, overwrite):
         return BuildResult(name, path, reused=True)
     queries = dataset.item_ids()
@@ -316,6 +346,7 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
                      f"{info['recall_at_k']:.4f} on {min(config.recall_sample, len(live))} queries")
     attrs = {"relation": relation, "source": "ours", "k": config.k, "pool": config.pool,
              "metric": "cosine", "ranking": "csls" if config.hubness == "csls" else "cosine",
+             "views": list(names),
              "space": qv.space, "dataset": dataset.name, "inputs": inputs,
              "dataset_key": store.dataset_key(dataset),
              "config": config.as_dict(), "fingerprint": fp, "backend": str(info.get("backend")),

@@ -2,7 +2,6 @@
 encoder input, through build-graphs' text relation, train, evaluate and predict."""
 from __future__ import annotations
 
-import ast
 import json
 import shutil
 from types import SimpleNamespace
@@ -10,7 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tagger_fixtures import invoke, tiny_encoder, tiny_pipeline, train_args  # noqa: F401
+from tagger_fixtures import (invoke, tiny_dataset, tiny_encoder, tiny_pipeline,  # noqa: F401
+                             train_args)
 from trainer.batches import encode
 from trainer.context import context_ids, tweet_words
 from conftest import TINY_KEY
@@ -124,6 +124,75 @@ def test_a_context_run_trains_evaluates_and_predicts(context_pipeline, tiny_enco
     assert result.stdout == (run / "predictions_test.conll").read_text()
     result = invoke("predict", "--run", run, "--text", "Obama visits Paris today")
     assert result.exit_code == 0, result.output
-    shown = [line for line in result.output.splitlines() if line.startswith("neighbours: ")]
-    found = ast.literal_eval(shown[0][len("neighbours: "):])["context"]
+    shown = [line for line in result.stderr.splitlines() if line.startswith("  neighbour tweets: ")]
+    found = shown[0].split(": ", 1)[1].split(", ")
     assert len(found) == 2 and all(n in words for n in found)
+
+
+def test_marked_words_wrap_each_entity_span_in_its_type():
+    from trainer.context import marked_words
+
+    tokens = ("Barack", "Obama", "visits", "Paris", "with", "NASA")
+    tags = ("B-PER", "I-PER", "O", "B-LOC", "O", "I-ORG")        # an orphan I- starts an entity
+    assert marked_words(tokens, tags) == ["[PER", "Barack", "Obama", "]", "visits", "[LOC",
+                                          "Paris", "]", "with", "[ORG", "NASA", "]"]
+    assert marked_words(("a", "b"), ("O", "O")) == ["a", "b"]
+
+
+def test_only_train_tweets_bring_their_labels(tiny_dataset):
+    plain, labelled = tweet_words(tiny_dataset), tweet_words(tiny_dataset, labels=True)
+    assert set(plain) == set(labelled)
+    marked = 0
+    for split, tweets in tiny_dataset.splits.items():
+        for t in tweets:
+            has_entity = any(tag != "O" for tag in t.tags)
+            if split == "train":
+                assert (labelled[t.item_id] != plain[t.item_id]) == has_entity
+                marked += has_entity
+            else:
+                assert labelled[t.item_id] == plain[t.item_id] == list(t.tokens)
+    assert marked >= 3 and any(tag != "O" for t in tiny_dataset.splits["test"] for tag in t.tags)
+
+
+def test_a_labelled_context_run_never_shows_valid_or_test_labels(context_pipeline, tiny_encoder,
+                                                                  monkeypatch):
+    """Through train, evaluate and predict: every word list appended for a neighbour is its
+    plain words unless it is a train tweet; and valid/test neighbours are appended."""
+    import trainer.predict
+    import trainer.run
+    from pipeline.data import load_dataset
+    from trainer.config import TrainConfig
+
+    data, artifacts = context_pipeline
+    dataset = load_dataset(data)
+    split_of = {t.item_id: s for s, tweets in dataset.splits.items() for t in tweets}
+    plain = tweet_words(dataset)
+    seen = []
+
+    def spy(neighbours, words_of, tokenizer, budget):
+        seen.extend((n, list(words_of[n])) for found in neighbours for n in found)
+        return context_ids(neighbours, words_of, tokenizer, budget)
+
+    for module in (trainer.run, trainer.predict):
+        monkeypatch.setattr(module, "context_ids", spy)
+    result = invoke(*train_args(data, artifacts, tiny_encoder, "--text-only", "--context",
+                                "text", "--context-labels", "--epochs", 1))
+    assert result.exit_code == 0, result.output
+    run = next((artifacts / "runs").glob("*-tiny-text-only-ctx-text-labels-s1"))
+    assert TrainConfig.from_json(run / "config.json").model.context_labels
+    for args in (("evaluate", "--run", run, "--split", "valid"),
+                 ("predict", "--run", run, "--input", data / "test.txt")):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+    outside = [(n, words) for n, words in seen if split_of[n] != "train"]
+    assert outside and all(words == plain[n] for n, words in outside)
+    assert any(words != plain[n] for n, words in seen if split_of[n] == "train")
+
+
+def test_context_labels_need_a_context():
+    from pipeline.errors import InvalidConfig
+    from trainer.config import ModelConfig
+
+    with pytest.raises(InvalidConfig, match="context_labels marks the neighbour tweets"):
+        ModelConfig(context_labels=True)
+    assert ModelConfig(context="inter", context_labels=True).variant() == "full-ctx-inter-labels"

@@ -66,10 +66,11 @@ def test_the_library_sentence_names_no_option():
         "gone; restore it; run the train stage again")
 
 
-def test_evaluate_is_never_told_of_an_option_it_does_not_have():
+def test_a_command_is_never_told_of_an_option_it_does_not_have():
     err = MissingInput("data moved", setting="data_dir")
-    assert "--data-dir" not in cli.describe_error(err, EVALUATE)
+    assert "--data-dir" not in cli.describe_error(err, cli.main.commands["predict"])
     assert cli.describe_error(err, TRAIN) == "data moved; set --data-dir"
+    assert cli.describe_error(err, EVALUATE) == "data moved; set --data-dir"   # it has one now
 
 
 def test_every_train_option_sets_a_config_field_by_its_name():

@@ -32,8 +32,11 @@ def test_predict_tags_a_new_tweet_end_to_end(tiny_run):
     assert {t[1] for t in tokens} == {"text-1"}
     labels = json.loads((tiny_run / "model.json").read_text())["labels"]
     assert all(len(t) == 3 and t[2].replace("OTHER", "MISC") in labels for t in tokens)
-    shown = [line for line in result.stderr.splitlines() if line.startswith("neighbours: ")]
-    neighbours = eval(shown[0][len("neighbours: "):])  # noqa: S307 - our own printed dict
+    err = result.stderr.splitlines()
+    shown = err[err.index("neighbours:") + 1:]          # readable lines, not a Python dict
+    assert not any("{" in line for line in shown)
+    neighbours = {line.split("(")[0].strip().split("-")[0]: line.split(": ", 1)[1].split(", ")
+                  for line in shown if line.startswith("  ")}
     data = tiny_run.parent.parent.parent / "tiny"
     pool = {line[6:] for name in ("train", "valid", "test")
             for line in (data / f"{name}.txt").read_text().splitlines()
@@ -148,9 +151,8 @@ def check_broken_images(run, tmp_path):
                         tmp_path / name)
         assert result.exit_code == 0, result.output
         assert f"warning: text-1: image {tmp_path / name} is not usable (" in result.stderr
-        shown = [line for line in result.stderr.splitlines() if line.startswith("neighbours: ")]
-        record = eval(shown[0][len("neighbours: "):])  # noqa: S307 - our own printed dict
-        assert record["image"].startswith("invalid: ") and record["intra"] == []
+        assert "  own image: invalid: " in result.stderr
+        assert "  intra-modal (image -> images): none" in result.stderr
     got = predict(run, [text_example("Obama", image=tmp_path / "empty.jpg")], "cpu")
     assert got.neighbours[0]["image"] == "invalid: corrupt: empty file"
     assert got.notes == [f"text-1: image {tmp_path / 'empty.jpg'} is not usable (corrupt: empty "

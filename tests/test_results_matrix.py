@@ -110,6 +110,9 @@ def test_prepare_builds_the_text_and_train_pool_graphs_only_when_a_row_needs_the
                                 "--quiet"]
     assert steps[3][0] == "train-pool-graphs" and steps[3][1][-8:] == [
         "--pool", "train", "--relation", "inter", "--no-import-rgcn", "--device", "cpu", "--quiet"]
+    assert steps[4][0] == "intra-text-graph" and steps[4][1][-8:] == [
+        "--relation", "intra", "--intra-view", "image_global", "--no-import-rgcn", "--device",
+        "cpu", "--quiet"]
     job = matrix.Job("twitter2017", rows[0], 2)
     assert matrix.train_command(job, cfg, "cpu")[-6:] == ["--device", "cpu", "--epochs", "2",
                                                           "--no-checkpoint", "--quiet"]
@@ -120,7 +123,9 @@ def test_bad_options_are_refused_in_one_line(tmp_path, capsys):
         matrix.plan(config(tmp_path, rows=("full", "fulll")))
     assert str(err.value) == ("unknown row 'fulll'; rows: text-only, full, no-graphs, no-inter, "
                               "no-intra, no-gate, full-rgcn, ctx-images, ctx-text, ctx-images-k5, "
-                              "full-ctx-images, ctx-images-train")
+                              "full-ctx-images, ctx-images-train, full-intra-text, "
+                              "no-inter-intra-text, ctx-intra-text, ctx-labels, "
+                              "full-ctx-labels")
     with pytest.raises(InvalidConfig) as err:
         matrix.MatrixConfig(seeds=(1, 1))
     assert str(err.value) == "a seed is listed twice"

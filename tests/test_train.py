@@ -34,9 +34,9 @@ def test_config_round_trips_and_refuses_bad_values(tmp_path):
     with pytest.raises(Exception) as err:
         TrainConfig.from_json(path)
     assert str(err.value) == (f"{path}: model: unknown key 'layers'; valid keys: bio_constraints, "
-                              "context, context_k, context_subwords, dropout, encoder, gate, "
-                              "gcn_layers, graph_dim, heads, inter, intra, k, max_subwords, "
-                              "node_view, region_pool, shape, text_only")
+                              "context, context_k, context_labels, context_subwords, dropout, "
+                              "encoder, gate, gcn_layers, graph_dim, heads, inter, intra, k, "
+                              "max_subwords, node_view, region_pool, shape, text_only")
     with pytest.raises(Exception) as err:
         ModelConfig(graph_dim=30, heads=4)
     assert str(err.value) == "model.graph_dim (30) must be a positive multiple of model.heads (4)"
@@ -176,6 +176,7 @@ def test_graphs_of_both_pools_live_side_by_side_and_a_wrong_pool_is_refused(
 def test_evaluate_refuses_a_changed_graph_file(tiny_run, tmp_path):
     run = tmp_path / tiny_run.name
     shutil.copytree(tiny_run, run)
+    (run / "pool.h5").unlink()      # a run from before pool.h5 re-reads its recorded files
     record = json.loads((run / "inputs.json").read_text())
     graph = tmp_path / "inter.h5"
     shutil.copy(record["image"]["inter"]["path"], graph)

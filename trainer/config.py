@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import InvalidConfig
+from pipeline.graphs import INTRA_VIEWS
 
 NODE_VIEWS = ("auto", "region_grid", "image_global")
 REGION_POOLS = ("attention", "mean")
@@ -34,7 +35,9 @@ class ModelConfig:
     ``context`` appends the tweets paired with the first ``context_k`` neighbours of one graph
     (``inter``: the images the tweet's text points to; ``intra``: the images like the tweet's own;
     ``text``: the most similar tweets, no image involved) to the encoder input, after the tweet,
-    within ``context_subwords`` extra subwords; independent of ``text_only``.
+    within ``context_subwords`` extra subwords; independent of ``text_only``. ``context_labels``
+    marks the entity spans of the neighbours that are train tweets (train labels only; valid and
+    test neighbours give words only; see ``trainer.context``).
     ``encoder="auto"`` picks the best offline encoder for the device
     (``pipeline.packaged.best_available_text_encoder``); the run records the name it chose."""
 
@@ -56,6 +59,7 @@ class ModelConfig:
     context: str = "none"             # none, inter, intra or text: the graph giving the tweets
     context_k: int = 3                # neighbour tweets appended
     context_subwords: int = 96        # subword budget of the appended tweets (with separators)
+    context_labels: bool = False      # train neighbours' tweets with their entity spans marked
 
     def __post_init__(self):
         if self.text_only:  # one switch: no image information at all, so nothing image-side is on
@@ -82,6 +86,9 @@ class ModelConfig:
         _check(self.context_subwords >= 8,
                f"model.context_subwords must be >= 8, got {self.context_subwords}",
                "context_subwords")
+        _check(not self.context_labels or self.context != "none",
+               "model.context_labels marks the neighbour tweets of a context; choose a context "
+               "graph", "context")
 
     @property
     def uses_image(self) -> bool:
@@ -99,7 +106,9 @@ class ModelConfig:
         parts += (["no-gate"] if self.uses_image and not self.gate else []) + (
             ["no-shape"] if not self.shape else [])
         name = "-".join(parts) or "full"
-        return name if self.context == "none" else f"{name}-ctx-{self.context}"
+        if self.context == "none":
+            return name
+        return f"{name}-ctx-{self.context}" + ("-labels" if self.context_labels else "")
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,9 @@ class TrainConfig:
     None they come from the manifests that ``extract`` and ``build-graphs`` wrote for the dataset
     (``graph_source`` picks ours or the authors' imported lists). ``pool`` is the pool the graphs
     must have been built over (``all`` = transductive, the paper's; ``train`` = inductive).
+    ``intra_view`` picks which of our intra graphs the run reads from the manifest, for the
+    relation and for ``context="intra"``: the one built from object-type vectors, or the one
+    built from ``image_global`` vectors (with captions: image text -> other images' text).
     """
 
     data_dir: str
@@ -148,6 +160,7 @@ class TrainConfig:
     deterministic: bool = False
     graph_source: str = "ours"
     pool: str = "all"
+    intra_view: str = "object_types"
     features: str | None = None
     inter_graph: str | None = None
     intra_graph: str | None = None
@@ -166,12 +179,24 @@ class TrainConfig:
         _check(self.graph_source in GRAPH_SOURCES, "graph_source must be one of "
                f"{', '.join(GRAPH_SOURCES)}, got {self.graph_source!r}")
         _check(self.pool in POOLS, f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        _check(self.intra_view in INTRA_VIEWS, f"intra_view must be one of "
+               f"{', '.join(INTRA_VIEWS)}, got {self.intra_view!r}", "intra_view")
+        _check(self.intra_view == INTRA_VIEWS[0] or self.graph_source == "ours",
+               f"the authors' graphs have no intra graph from {self.intra_view}; use our graphs "
+               "for it", "graph_source")
         _check(self.precision in PRECISIONS,
                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(self.slug is None or (
             self.slug and all(c.isalnum() or c in "-_." for c in self.slug)),
             f"slug {self.slug!r} may hold only letters, digits, '-', '_' and '.'", "slug")
+
+    def variant(self) -> str:
+        """``model.variant()``, plus ``-intra-text`` when the run reads the intra graph built from
+        the image_global vectors (for the relation or the context)."""
+        name = self.model.variant()
+        reads_intra = (self.model.intra and self.model.uses_image) or self.model.context == "intra"
+        return name + ("-intra-text" if reads_intra and self.intra_view == "image_global" else "")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

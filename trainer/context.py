@@ -8,7 +8,15 @@ words, appended after the example's own ``[SEP]``, each closed by ``[SEP]``, wit
 ``context_subwords`` subwords. The example's words keep their positions, so tagging is unchanged;
 the appended words are never tagged. ``inter`` reaches the pairs through the images the tweet's
 text points to, ``intra`` through the images like its own, ``text`` by tweet similarity alone
-(the control with no image involved). Neighbours are never labels: only words travel.
+(the control with no image involved).
+
+With ``model.context_labels`` the neighbours that are *train* tweets bring their gold entity spans,
+marked inline around the span's words: ``[PER Barack Obama ] visits [LOC Paris ]`` (the type as the
+data spells it, conlleval spans). Neighbours from valid or test, and tweets outside the dataset,
+bring their words only: their labels never travel (``tweet_words``). A train tweet's own labels
+cannot reach it this way (the graphs exclude the tweet itself), but a duplicate of it in train
+can, as a labelled train neighbour can for a test tweet: that is the point of the variant.
+Without ``context_labels`` neighbours are never labels: only words travel.
 """
 from __future__ import annotations
 
@@ -18,6 +26,9 @@ import numpy as np
 
 from pipeline.errors import CacheMismatch
 from pipeline.graph_store import read_graph
+from pipeline.labels import entities
+
+LABELLED_SPLITS = ("train",)      # the only split whose labels may be shown as context
 
 
 def load_context(path: Path, dataset, k: int, pool: str) -> tuple[dict[str, list[str]], dict]:
@@ -56,9 +67,25 @@ def context_ids(neighbours: list[list[str]], words_of: dict[str, list[str]], tok
     return out
 
 
-def tweet_words(dataset) -> dict[str, list[str]]:
-    """Every tweet's words by item id, all splits."""
-    return {t.item_id: list(t.tokens) for tweets in dataset.splits.values() for t in tweets}
+def tweet_words(dataset, labels: bool = False) -> dict[str, list[str]]:
+    """Every tweet's words by item id, all splits; with ``labels`` the train tweets' entity spans
+    are marked (``marked_words``), the other splits' tweets keep their words only."""
+    return {t.item_id: marked_words(t.tokens, t.tags)
+            if labels and split in LABELLED_SPLITS else list(t.tokens)
+            for split, tweets in dataset.splits.items() for t in tweets}
+
+
+def marked_words(tokens, tags) -> list[str]:
+    """``tokens`` with each entity span of ``tags`` wrapped as ``[TYPE`` ... ``]``:
+    ``(Barack, Obama, visits), (B-PER, I-PER, O) -> [PER, Barack, Obama, ], visits``."""
+    starts, ends = {}, {}
+    for etype, start, end in entities(tags):
+        starts[start], ends[end - 1] = etype, True
+    words = []
+    for i, token in enumerate(tokens):
+        words += ([f"[{starts[i]}"] if i in starts else []) + [token] + (
+            ["]"] if i in ends else [])
+    return words
 
 
 def check_graph(graph, path, dataset: Dataset, pool: str) -> None:

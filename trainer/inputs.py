@@ -4,8 +4,9 @@
 for the dataset, unless the config names files) and checks that they belong together: features and
 graphs built for another dataset, graphs over another pool than the run asks for, or graphs whose
 pool holds images the feature file does not know are refused with one line saying what to run.
-``inputs_from_record(run_dir)`` rebuilds a saved run's inputs from its ``inputs.json`` and refuses
-files that changed since (fingerprints).
+``recorded_dataset(run_dir, data_dir)`` reads a saved run's dataset (from another folder when it
+moved) and refuses data whose content is not the recorded one; ``inputs_from_record(run_dir)``
+rebuilds the rest from the recorded files (runs without a ``pool.h5``, see ``trainer.pool``).
 
 Node features: the run's ``node_view``, or with ``auto`` the region grids when they were extracted
 and the ``image_global`` vectors otherwise. Neighbours and own images without a valid vector are
@@ -21,11 +22,11 @@ import numpy as np
 
 from pipeline import store
 from pipeline.artifacts import fingerprint
-from pipeline.data import Dataset, load_dataset
+from pipeline.data import FORMATS, Dataset, load_dataset
 from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput
 from pipeline.features import load_manifest, read_features
 from pipeline.graph_store import load_graph_manifest, read_graph
-from pipeline.graphs import manifest_key
+from pipeline.graphs import graph_views, manifest_key
 
 from .batches import ImageInputs
 from .context import check_graph, load_context
@@ -55,9 +56,10 @@ def split_fingerprints(dataset: Dataset) -> dict:
             for name, tweets in dataset.splits.items()}
 
 
-def graph_key(relation: str, source: str, pool: str = "all") -> str:
+def graph_key(relation: str, source: str, pool: str = "all",
+              intra_view: str = "object_types") -> str:
     """The build-graphs manifest key of a relation's graph (the text graph is only ours)."""
-    return manifest_key(relation, "ours" if relation == "text" else source, pool)
+    return manifest_key(relation, "ours" if relation == "text" else source, pool, intra_view)
 
 
 def resolve_files(config: TrainConfig, dataset: Dataset) -> dict[str, Path]:
@@ -74,10 +76,11 @@ def resolve_files(config: TrainConfig, dataset: Dataset) -> dict[str, Path]:
             raise MissingInput(f"no {view} features for {dataset.name} in {config.artifacts}",
                                value=view, stage="train", rerun="extract")
         files["features"] = Path(views[view])
-    wanted = {r: graph_key(r, config.graph_source, config.pool)
+    wanted = {r: graph_key(r, config.graph_source, config.pool, config.intra_view)
               for r, on in (("inter", model.inter), ("intra", model.intra)) if on}
     if model.context != "none":
-        wanted["context"] = graph_key(model.context, config.graph_source, config.pool)
+        wanted["context"] = graph_key(model.context, config.graph_source, config.pool,
+                                      config.intra_view)
     given = {"inter": config.inter_graph, "intra": config.intra_graph,
              "context": config.context_graph}
     if any(not given[r] for r in wanted):
@@ -194,7 +197,8 @@ def build_inputs(dataset: Dataset, files: dict[str, Path], k: int, pool: str,
         record[relation] = {"path": str(Path(files[relation]).resolve()),
                             "fingerprint": graph.attrs.get("fingerprint"),
                             "source": graph.attrs.get("source"), "pool": graph.attrs.get("pool"),
-                            "k": k, "space": graph.attrs.get("space")}
+                            "k": k, "space": graph.attrs.get("space"),
+                            "views": list(graph_views(graph.attrs))}
         record["masked"][relation] = {
             "flagged_queries": int(flagged.sum()),
             "missing_neighbours": int((mapped < 0).sum()),
@@ -204,27 +208,44 @@ def build_inputs(dataset: Dataset, files: dict[str, Path], k: int, pool: str,
     return TrainInputs(dataset, image, record)
 
 
-def inputs_from_record(run_dir, config: TrainConfig) -> TrainInputs:
-    """A saved run's inputs, rebuilt from its ``inputs.json``; refuses changed data or files."""
+def recorded_dataset(run_dir, data_dir=None) -> tuple[Dataset, dict]:
+    """A saved run's dataset and its ``inputs.json``: from ``data_dir`` when given (a copy of the
+    data in another place), else from the recorded folder; refused unless every split has the
+    content the run was trained on (the recorded fingerprints)."""
     run_dir = Path(run_dir)
     path = run_dir / "inputs.json"
     if not path.is_file():
         raise MissingInput(f"{path}: not found; is {run_dir} a finished run folder?")
     record = json.loads(path.read_text())
-    dataset = load_dataset(record["data_dir"])
+    root = Path(data_dir if data_dir is not None else record["data_dir"])
+    if not root.is_dir():
+        raise MissingInput(f"the data folder of run {run_dir.name} is not there (moved or on "
+                           "another machine)", path=root, setting="data_dir",
+                           hint="give the folder that now holds the run's train, valid and test "
+                                "files")
+    dataset = load_dataset(root)
     now = split_fingerprints(dataset)
     for split, expected in record["splits"].items():
         if now.get(split, {}).get("sha256") != expected["sha256"]:
-            raise store.StaleArtifact(f"{split}.txt changed since run {run_dir.name} was trained",
-                                      input=f"{split}.txt", path=Path(dataset.root, f"{split}.txt"),
+            name = f"{split}{FORMATS[dataset.format]}"
+            raise store.StaleArtifact(f"{name} is not the data run {run_dir.name} was trained on "
+                                      "(its content differs from the recorded fingerprint)",
+                                      input=name, path=Path(dataset.root, name),
                                       stage="evaluate", rerun="train")
+    return dataset, record
+
+
+def inputs_from_record(run_dir, config: TrainConfig, data_dir=None) -> TrainInputs:
+    """A saved run's inputs, rebuilt from its ``inputs.json`` and the recorded feature and graph
+    files (runs without a ``pool.h5``); refuses changed data or files."""
+    dataset, record = recorded_dataset(run_dir, data_dir)
     files = {}
     for name in ("features", "inter", "intra", "context"):
         entry = (record.get("image") or {}).get(name)
         if entry is None:
             continue
         files[name] = Path(entry["path"])
-        _check_fingerprint(files[name], entry["fingerprint"], run_dir, name)
+        _check_fingerprint(files[name], entry["fingerprint"], Path(run_dir), name)
     if files:
         check_files(files, dataset, Path(next(iter(files.values()))).parents[2], "evaluate")
     return _assemble(dataset, files, config)

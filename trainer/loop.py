@@ -35,7 +35,7 @@ class Split:
     name: str
     encoded: Encoded
     collator: Collator
-    gold: list[list[str]]
+    gold: list[list[str]] | None   # None: untagged input, no scores
 
 
 @dataclass
@@ -127,26 +127,32 @@ def _schedule(total: int, warmup: float):
 @torch.no_grad()
 def evaluate(model, split: Split, device: torch.device, table: torch.Tensor | None = None,
              batch_size: int = 64, precision: str = "auto",
-             type_names: TypeNames = TypeNames()) -> Evaluation:
-    """Decode every example of ``split`` and score it against the gold tags. Words cut off by
-    ``max_subwords`` are tagged ``O`` (``Encoded.truncated_words`` counts them)."""
+             type_names: TypeNames = TypeNames(), progress=no_progress) -> Evaluation:
+    """Decode every example of ``split`` and score it against the gold tags (no scores when
+    ``split.gold`` is None: untagged input). Words cut off by ``max_subwords`` are tagged ``O``
+    (``Encoded.truncated_words`` counts them)."""
     start = time.perf_counter()
     model.eval()
     with attention_kernels(device):
-        tags = _decode_split(model, split, device, table, batch_size, precision)
-    return Evaluation(tags, score(split.gold, tags, type_names), time.perf_counter() - start)
+        tags = _decode_split(model, split, device, table, batch_size, precision, progress)
+    scores = None if split.gold is None else score(split.gold, tags, type_names)
+    return Evaluation(tags, scores, time.perf_counter() - start)
 
 
-def _decode_split(model, split: Split, device, table, batch_size: int, precision: str):
+def _decode_split(model, split: Split, device, table, batch_size: int, precision: str,
+                  progress=no_progress):
     labels = model.labels
     tags: list[list[str] | None] = [None] * len(split.encoded)
-    for batch in eval_loader(split, batch_size, device.type == "cuda"):
-        with autocast(device, precision):
-            ids = model.decode(batch.to(device, table)).cpu().tolist()
-        for row, position in enumerate(batch.positions.tolist()):
-            kept = len(split.encoded.first[position])
-            total = int(split.encoded.n_words[position])
-            tags[position] = [labels[i] for i in ids[row][:kept]] + ["O"] * (total - kept)
+    loader = eval_loader(split, batch_size, device.type == "cuda")
+    with progress(total=len(loader), desc=f"tagging {split.name}") as bar:
+        for batch in loader:
+            with autocast(device, precision):
+                ids = model.decode(batch.to(device, table)).cpu().tolist()
+            for row, position in enumerate(batch.positions.tolist()):
+                kept = len(split.encoded.first[position])
+                total = int(split.encoded.n_words[position])
+                tags[position] = [labels[i] for i in ids[row][:kept]] + ["O"] * (total - kept)
+            bar.update(1)
     return tags
 
 

@@ -14,8 +14,9 @@ images -> attention + gate fusion -> emissions -> CRF.
   value is zero, so a tweet without usable images gets no image vector), then
   ``h + g * v`` with ``g = sigmoid(W [h; v])`` (or ``h + v`` without the gate).
 
-Saved as ``model.safetensors`` + ``model.json`` + ``encoder/`` (the encoder's config and
-tokenizer files): no pickles, loadable without flags (``load_tagger``).
+Saved as ``encoder/`` (the fine-tuned encoder: a folder ``AutoModel.from_pretrained`` loads) +
+``model.safetensors`` (the other parameters) + ``model.json``: no pickles, loadable without flags
+(``load_tagger``).
 """
 from __future__ import annotations
 
@@ -195,22 +196,29 @@ class Tagger(nn.Module):
         return viterbi(emissions, batch.word_mask, start, trans, self.crf.end_transitions)
 
 
+ENCODER_PREFIX = "encoder."   # the text encoder's parameters in the tagger's state dict
+
+
 def save_tagger(model: Tagger, tokenizer, folder, encoder_record: dict,
                 weights: bool = True) -> None:
-    """Write ``model.json`` and, with ``weights``, ``model.safetensors`` and ``encoder/`` into
-    ``folder`` (without them the run keeps its record but cannot be loaded again)."""
-    from safetensors.torch import save_model
+    """Write ``model.json`` and, with ``weights``, ``encoder/`` (the fine-tuned text encoder as a
+    folder ``transformers.AutoModel.from_pretrained`` loads: config, weights, tokenizer) and
+    ``model.safetensors`` (every other parameter of the tagger, so nothing is stored twice)
+    into ``folder`` (without weights the run keeps its record but cannot be loaded again)."""
+    from safetensors.torch import save_file
 
     folder = Path(folder)
     if weights:
-        model.encoder.config.save_pretrained(folder / "encoder")
+        model.encoder.save_pretrained(folder / "encoder", safe_serialization=True)
         tokenizer.save_pretrained(folder / "encoder")
-        save_model(model, str(folder / "model.safetensors"))
+        rest = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()
+                if not name.startswith(ENCODER_PREFIX)}
+        save_file(rest, str(folder / "model.safetensors"))
     meta = {"format": FORMAT_VERSION, "model": dataclasses.asdict(model.config),
             "labels": model.labels, "label2id": {t: i for i, t in enumerate(model.labels)},
             "node_shape": list(model.node_shape) if model.node_shape else None,
             "shape_features": list(SHAPE_FEATURES), "encoder": encoder_record,
-            "weights": weights}
+            "weights": weights, "encoder_weights": "encoder" if weights else None}
     text = json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
     (folder / "model.json").write_text(text)
 
@@ -256,16 +264,59 @@ def _load_weights(model: Tagger, path: Path, device) -> None:
                            path=path, hint="restore the run's own model.safetensors") from None
 
 
+def _load_rest(model: Tagger, path: Path, device) -> None:
+    """Fill every parameter of ``model`` but the encoder's from ``path`` (``save_tagger``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        rest = load_file(str(path), device=str(device))
+    except SafetensorError as err:
+        raise CorruptInput(f"not a safetensors file ({err})", path=path,
+                           hint="restore the run's own model.safetensors") from None
+    try:
+        missing, unexpected = model.load_state_dict(rest, strict=False)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        missing, unexpected = [lines[0] if lines else str(err).strip()], []
+    missing = [name for name in missing if not name.startswith(ENCODER_PREFIX)]
+    if missing or unexpected:
+        why = (missing or unexpected)[0]
+        raise CorruptInput(f"these weights are not the model that model.json describes ({why})",
+                           path=path, hint="restore the run's own model.safetensors")
+
+
+def _quietly(load, *args):
+    """``load(*args)`` without transformers' "Loading weights" bar (a run's own files load in an
+    instant; the bar would only clutter predict's output)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load(*args)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def load_tagger(folder, device="cpu"):
     """Rebuild a saved tagger from its folder alone: ``(model, tokenizer, meta)``. Reads JSON and
-    safetensors only (no pickled code runs)."""
+    safetensors only (no pickled code runs). The encoder comes from ``encoder/`` and the rest
+    from ``model.safetensors``; runs saved before ``encoder/`` held weights keep the whole
+    tagger in ``model.safetensors``."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     folder = Path(folder)
     meta = _read_meta(folder)
     config = ModelConfig(**meta["model"])
-    backbone = AutoModel.from_config(AutoConfig.from_pretrained(folder / "encoder"))
-    model = Tagger(config, backbone, meta["labels"], meta["node_shape"])
-    _load_weights(model, folder / "model.safetensors", device)
+    if meta.get("encoder_weights") == "encoder":
+        backbone = _quietly(AutoModel.from_pretrained, folder / "encoder")
+        model = Tagger(config, backbone, meta["labels"], meta["node_shape"])
+        _load_rest(model, folder / "model.safetensors", device)
+    else:
+        backbone = AutoModel.from_config(AutoConfig.from_pretrained(folder / "encoder"))
+        model = Tagger(config, backbone, meta["labels"], meta["node_shape"])
+        _load_weights(model, folder / "model.safetensors", device)
     tokenizer = AutoTokenizer.from_pretrained(folder / "encoder")
     return model.to(device).eval(), tokenizer, meta

@@ -1,7 +1,9 @@
-"""Tag new tweets with a saved run: a UMT file, or one text with an optional image or caption.
+"""Tag new tweets with a saved run: a file (UMT, JSON lines or plain text), or one text with an
+optional image or caption.
 
-The run folder is all it takes: the tagger loads from safetensors + JSON, and for an image model
-the run's node features and graphs are re-read from its ``inputs.json`` (refused if they changed).
+The run folder is all it takes: the tagger loads from safetensors + JSON, and for an image or
+context model the node table, the neighbour pools and the pool tweets' words come from the run's
+``pool.h5`` (``trainer.pool``; runs written before it re-read their recorded files).
 An example whose IMGID is an item of the run's dataset keeps its recorded neighbours. A new
 example gets its own image node and its neighbours the way ``extract`` and ``build-graphs`` made
 them: each feature file says which encoder and which source (tweet text, caption, image) produced
@@ -11,28 +13,29 @@ image node and no neighbours in that relation: masked, as in training.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.data import image_path, read_captions, read_umt
+from pipeline.data import image_path, image_refs, read_captions
 from pipeline.encoders import load_encoder
 from pipeline.errors import InvalidConfig, MissingInput
-from pipeline.features import read_features
-from pipeline.graphs import VIEWS, read_graph
+from pipeline.formats import check_types, read_examples
 from pipeline.images import image_problem
-from pipeline.outputs import write_predictions as write_outputs
+from pipeline.labels import LabelSet
+from pipeline.outputs import gold_tags, write_predictions as write_outputs
 from pipeline.producers import CaptionText, ImageViews, Item, LabelPhrase, text_producer
+from pipeline.progress import no_progress
 from pipeline.search import search
-from pipeline.store import decode_attrs
 
 from .batches import Collator, ImageInputs, encode
 from .config import TrainConfig
-from .context import context_ids, tweet_words
-from .inputs import TrainInputs, inputs_from_record
+from .context import context_ids
 from .loop import Split, evaluate
 from .model import load_tagger
+from .pool import RunPool, SearchPool, feature_attrs, normalised, run_pool  # noqa: F401
 from .run import resolve_device
 
 
@@ -78,12 +81,19 @@ def image_notes(examples: list[Example]) -> tuple[list[str], dict[int, str]]:
     return notes, reasons
 
 
-def file_examples(path, captions=None, image_dir=None) -> list[Example]:
-    """The tweets of a UMT file (gold tags kept), with captions / images looked up by IMGID."""
+def file_examples(path, captions=None, image_dir=None,
+                  labels: LabelSet | None = None) -> list[Example]:
+    """The tweets of a file to tag (UMT, JSON lines or plain text, ``formats.read_examples``),
+    with captions / images looked up by their image reference (``data.image_refs``); gold tags
+    of a type outside ``labels`` (the run's label set) are refused."""
+    tweets = read_examples(path)
+    if labels is not None:
+        check_types(tweets, path, labels, "the run's label set")
+    refs = image_refs(tweets)
     caps = read_captions(captions) if captions else {}
-    return [Example(t.item_id, t.tokens, t.tags, caps.get(t.item_id),
-                    image_path(image_dir, t.item_id) if image_dir else None)
-            for t in read_umt(path)]
+    return [Example(t.item_id, t.tokens, t.tags, caps.get(refs[t.item_id]),
+                    image_path(image_dir, refs[t.item_id]) if image_dir else None)
+            for t in tweets]
 
 
 def _sentence(name: str, config: dict, device: str):
@@ -120,56 +130,26 @@ def view_vectors(attrs: dict, examples: list[Example], device: str = "cpu"):
     return got.vectors, got.valid
 
 
-def feature_attrs(path: Path) -> dict:
-    """A feature file's attributes (JSON ones decoded) and ``shape`` (a row's shape), without
-    reading its arrays."""
-    import h5py
-
-    with h5py.File(path, "r") as h5:
-        return {**decode_attrs(h5.attrs), "shape": list(h5["features"].shape[1:])}
-
-
-def _normalised(X: np.ndarray, ok: np.ndarray):
-    norms = np.linalg.norm(X, axis=1)
-    ok = ok & (norms > 0) & np.isfinite(norms)
-    return np.where(ok[:, None], X / np.where(ok, norms, 1)[:, None], 0).astype(np.float32), ok
-
-
-def _neighbours(relation: str, entry: dict, new: list[Example], k: int, device: str):
-    """Pool ids (best first, None where missing) and scores of new examples in one relation."""
-    graph = read_graph(entry["path"])
-    attrs = graph.attrs
-    if attrs.get("source", "ours") != "ours" or attrs.get("ranking", "cosine") != "cosine":
-        raise InvalidConfig(f"{entry['path']}: neighbours of new tweets can be computed only for "
-                            "cosine-ranked graphs built by build-graphs; tag dataset items instead")
-    folder = Path(entry["path"]).parents[2] / "features" / Path(entry["path"]).parent.name
-    query_view, pool_view = VIEWS[relation]
-    files = {v: folder / graph.attrs["inputs"][f"features:{v}"]["file"]
-             for v in (query_view, pool_view)}
-    for view, path in files.items():
-        if not path.is_file():
-            raise MissingInput(f"{path}: the {view} features the {relation} graph was built from "
-                               "are gone; restore them to tag new tweets")
-    pool = read_features(files[pool_view])
-    xb, pool_ok = _normalised(*pool.rows(graph.pool_ids))
-    xq, ok = _normalised(*view_vectors(feature_attrs(files[query_view]), new, device))
+def _neighbours(side: SearchPool, new: list[Example], k: int, device: str):
+    """Pool ids (best first, None where missing) and scores of new examples in one relation:
+    their query vectors (``view_vectors``) searched among the pool's unit vectors."""
+    xq, ok = normalised(*view_vectors(side.query, new, device))
     ids = [[None] * k for _ in new]
     scores = np.zeros((len(new), k), np.float32)
     live = np.flatnonzero(ok)
-    if len(live):
-        D, I = search(xq[live], xb[pool_ok], k)
-        pool_ids = [p for p, good in zip(graph.pool_ids, pool_ok) if good]
+    if len(live) and len(side.pool_ids):
+        D, I = search(xq[live], side.xb, k)
         for row, q in enumerate(live):
-            ids[q] = [pool_ids[j] if j >= 0 else None for j in I[row]]
+            ids[q] = [side.pool_ids[j] if j >= 0 else None for j in I[row]]
             scores[q] = np.nan_to_num(D[row])
     return ids, scores
 
 
-def image_inputs_for(examples: list[Example], inputs: TrainInputs, config: TrainConfig,
+def image_inputs_for(examples: list[Example], pool: RunPool, config: TrainConfig,
                      device: str = "cpu") -> tuple[ImageInputs, list[dict], int]:
     """Own-image rows and neighbours of ``examples`` over the run's node table (extended by the
     new examples' own image vectors); also the neighbour ids per example and how many were known."""
-    image, k, model = inputs.image, config.model.k, config.model
+    image, k, model = pool.image, config.model.k, config.model
     n = len(examples)
     own, inter, intra = np.full(n, -1), np.full((n, k), -1), np.full((n, k), -1)
     inter_s, intra_s = np.zeros((n, k), np.float32), np.zeros((n, k), np.float32)
@@ -179,10 +159,9 @@ def image_inputs_for(examples: list[Example], inputs: TrainInputs, config: Train
         own[i], inter[i], inter_s[i] = image.own[r], image.inter[r, :k], image.inter_score[r, :k]
         intra[i], intra_s[i] = image.intra[r, :k], image.intra_score[r, :k]
     new = [i for i in range(n) if i not in set(known)]
-    table = image.table
+    table = np.asarray(image.table)
     if new:
-        node_attrs = feature_attrs(Path(inputs.files["features"]["path"]))
-        X, ok = view_vectors(node_attrs, [examples[i] for i in new], device)
+        X, ok = view_vectors(pool.node_attrs, [examples[i] for i in new], device)
         fresh = [i for i, good in zip(new, ok) if good]
         own[fresh] = len(table) + np.arange(len(fresh))
         table = np.concatenate([table, X[ok].astype(table.dtype)]) if fresh else table
@@ -190,8 +169,7 @@ def image_inputs_for(examples: list[Example], inputs: TrainInputs, config: Train
         for relation, rows, scores in (("inter", inter, inter_s), ("intra", intra, intra_s)):
             if not getattr(model, relation):
                 continue
-            ids, got = _neighbours(relation, inputs.files[relation], [examples[i] for i in new], k,
-                                   device)
+            ids, got = _neighbours(pool.search[relation], [examples[i] for i in new], k, device)
             for j, i in enumerate(new):
                 rows[i] = [row_of[p] if p is not None else -1 for p in ids[j]]
                 scores[i] = got[j]
@@ -203,59 +181,113 @@ def image_inputs_for(examples: list[Example], inputs: TrainInputs, config: Train
                         image.view, image.table_ids), neighbours, len(known))
 
 
-def context_for(examples: list[Example], inputs: TrainInputs, config: TrainConfig,
-                words: dict[str, list[str]], device: str = "cpu") -> list[list[str]]:
+def context_for(examples: list[Example], pool: RunPool, config: TrainConfig,
+                device: str = "cpu") -> list[list[str]]:
     """The neighbour tweets (``model.context``) of each example: recorded for dataset items,
     searched in the context graph's pool for new ones (as ``_neighbours`` does) and kept when
-    ``words`` (``context.tweet_words``) has their tweet."""
+    the pool has their tweet's words."""
     k = config.model.context_k
-    found = [inputs.context.get(e.item_id) for e in examples]
+    found = [pool.context.get(e.item_id) for e in examples]
     new = [i for i, got in enumerate(found) if got is None]
     if new:
-        ids, _ = _neighbours(config.model.context, inputs.files["context"],
-                             [examples[i] for i in new], k, device)
+        ids, _ = _neighbours(pool.search["context"], [examples[i] for i in new], k, device)
         for j, i in enumerate(new):
-            found[i] = [n for n in ids[j] if n is not None and n in words][:k]
+            found[i] = [n for n in ids[j] if n is not None and n in pool.words][:k]
     return found
 
 
-def predict(run_dir, examples: list[Example], device: str = "auto") -> Prediction:
-    """Tag ``examples`` with the run in ``run_dir`` (see the module docstring)."""
-    import torch
+def missing_view_notes(examples: list[Example], config: TrainConfig) -> list[str]:
+    """For an image model: the examples given neither an image nor a caption (tagged with no
+    own image node and, for new tweets, no neighbours found through it)."""
+    if not config.model.uses_image:
+        return []
+    bare = [e.item_id for e in examples if e.image is None and e.caption is None]
+    if not bare:
+        return []
+    shown = ", ".join(bare[:5]) + (f" and {len(bare) - 5} more" if len(bare) > 5 else "")
+    return [f"{len(bare)} tweet(s) have neither an image nor a caption ({shown}); this image "
+            "model tags them from their text and the neighbours recorded for dataset items only"]
 
+
+def run_labels(run_dir: Path) -> LabelSet:
+    """The run's label set (``labels.json``)."""
+    path = run_dir / "labels.json"
+    if not path.is_file():
+        raise MissingInput("not found; is this a finished run folder?", path=path)
+    return LabelSet.from_json(json.loads(path.read_text()))
+
+
+@dataclass
+class LoadedRun:
+    """A run loaded once for tagging many times: its config, labels, tagger and pool."""
+
+    path: Path
+    config: TrainConfig
+    labels: LabelSet
+    model: object
+    tokenizer: object
+    meta: dict
+    pool: RunPool
+    device: object
+
+
+def load_run(run_dir, device: str = "auto") -> LoadedRun:
+    """Load the run in ``run_dir``: tagger (``model.load_tagger``), labels, and for an image or
+    context model its pool (``trainer.pool.run_pool``)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise MissingInput("not a run folder (no config.json)", path=run_dir,
                            hint="a run folder is one under <artifacts>/runs/")
-    if not examples:
-        raise InvalidConfig("nothing to tag: the input has no tweets")
     config = TrainConfig.from_json(run_dir / "config.json")
+    labels = run_labels(run_dir)
     torch_device = resolve_device(device)
     model, tokenizer, meta = load_tagger(run_dir, torch_device)
-    inputs = inputs_from_record(run_dir, config)
+    needs_pool = config.model.uses_image or config.model.context != "none"
+    pool = run_pool(run_dir, config) if needs_pool else RunPool()
+    return LoadedRun(run_dir, config, labels, model, tokenizer, meta, pool, torch_device)
+
+
+def predict(run, examples: list[Example], device: str = "auto",
+            progress=no_progress) -> Prediction:
+    """Tag ``examples`` with ``run`` (a run folder, or a ``LoadedRun``; see the module
+    docstring). Scores only when every example has gold tags."""
+    if not examples:
+        raise InvalidConfig("nothing to tag: the input has no tweets")
+    run = run if isinstance(run, LoadedRun) else load_run(run, device)
+    config, pool, torch_device = run.config, run.pool, run.device
+    gold = gold_tags(examples)
     notes, bad = image_notes(examples)
+    notes += missing_view_notes(examples, config)
     image, neighbours, known = None, [{} for _ in examples], 0
     if config.model.uses_image:
-        image, neighbours, known = image_inputs_for(examples, inputs, config, str(torch_device))
+        image, neighbours, known = image_inputs_for(examples, pool, config, str(torch_device))
     for i, reason in bad.items():
         neighbours[i]["image"] = f"invalid: {reason}"
     context = None
     if config.model.context != "none":
-        words = tweet_words(inputs.dataset)
-        found = context_for(examples, inputs, config, words, str(torch_device))
+        found = context_for(examples, pool, config, str(torch_device))
         for record, ids in zip(neighbours, found):
             record["context"] = ids
-        context = context_ids(found, words, tokenizer, config.model.context_subwords)
-    encoded = encode(examples, tokenizer, meta["label2id"], config.model.max_subwords, context)
-    collator = Collator(encoded, tokenizer.pad_token_id, image, np.arange(len(examples)),
+        context = context_ids(found, pool.words, run.tokenizer, config.model.context_subwords)
+    encoded = encode(examples, run.tokenizer, run.meta["label2id"], config.model.max_subwords,
+                     context)
+    collator = Collator(encoded, run.tokenizer.pad_token_id, image, np.arange(len(examples)),
                         config.model.inter, config.model.intra, config.model.k)
-    labelled = all(e.tags for e in examples)
-    gold = [list(e.tags) if labelled else ["O"] * len(e.tokens) for e in examples]
     table = None if image is None else image.node_table(torch_device, config.precision)
-    result = evaluate(model, Split("predict", encoded, collator, gold), torch_device, table,
-                      config.optim.eval_batch_size, config.precision, inputs.dataset.type_names)
-    return Prediction(examples, result.tags, result.scores if labelled else None,
-                      inputs.dataset.type_names, neighbours, known, notes)
+    result = evaluate(run.model, Split("predict", encoded, collator, gold), torch_device, table,
+                      config.optim.eval_batch_size, config.precision, run.labels, progress)
+    return Prediction(examples, result.tags, result.scores, run.labels, neighbours, known, notes)
+
+
+def neighbour_lines(record: dict) -> list[str]:
+    """One readable line per relation of a ``Prediction.neighbours`` entry."""
+    names = {"inter": "inter-modal (text -> images)", "intra": "intra-modal (image -> images)",
+             "context": "neighbour tweets", "image": "own image"}
+    lines = []
+    for key, value in record.items():
+        shown = value if isinstance(value, str) else (", ".join(value) if value else "none")
+        lines.append(f"{names.get(key, key)}: {shown}")
+    return lines
 
 
 def write_predictions(prediction: Prediction, handle, fmt: str = "conll") -> None:

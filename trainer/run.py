@@ -5,8 +5,9 @@
 dataset splits' and the feature/graph files' fingerprints), ``metrics.jsonl`` (one line per epoch),
 ``results.json`` (best epoch, valid and test scores, wall time), ``labels.json`` (the label set),
 ``predictions_<split>.conll`` (``token id gold predicted``, see ``pipeline.outputs``),
-``model.safetensors`` + ``model.json`` + ``encoder/`` (see ``model.load_tagger``) and
-``curve.png``. The folder is written as ``<id>.tmp`` and renamed when complete; an existing
+``model.safetensors`` + ``model.json`` + ``encoder/`` (see ``model.load_tagger``),
+``pool.h5`` (image and context models: what predict needs without the data and artifacts folders,
+see ``trainer.pool``), ``train.log`` and ``curve.png``. The folder is written as ``<id>.tmp`` and renamed when complete; an existing
 folder is never reused.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .inputs import TrainInputs, load_inputs
 from .loop import Prepared, Split, evaluate, train
 from .metrics import format_table, mean_std
 from .model import Tagger, save_tagger
+from .pool import POOL_FILE, pool_from_inputs, run_inputs, write_pool
 
 
 @dataclass
@@ -65,7 +67,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_slug(config: TrainConfig, dataset_name: str) -> str:
-    return config.slug or f"{dataset_name}-{config.model.variant()}-s{config.seed}"
+    return config.slug or f"{dataset_name}-{config.variant()}-s{config.seed}"
 
 
 def new_run_dir(artifacts, slug: str) -> tuple[Path, Path]:
@@ -84,7 +86,8 @@ def make_splits(inputs: TrainInputs, tokenizer, config: TrainConfig, label2id,
     """Encoded splits (all, or ``only`` one) with collators for ``config.model``."""
     model = config.model
     splits = {}
-    words = tweet_words(inputs.dataset) if inputs.context is not None else None
+    words = (tweet_words(inputs.dataset, model.context_labels) if inputs.context is not None
+             else None)
     for name, tweets in inputs.dataset.splits.items():
         if only is not None and name != only:
             continue
@@ -238,6 +241,8 @@ def train_run(config: TrainConfig, inputs: TrainInputs, progress=no_progress,
                                result.tags, inputs.dataset.labels)
         scores[name] = result.scores
     save_tagger(model.cpu(), prep.tokenizer, tmp, prep.encoder_record, config.checkpoint)
+    if config.checkpoint and (config.model.uses_image or config.model.context != "none"):
+        write_pool(tmp / POOL_FILE, pool_from_inputs(inputs, config))   # the run travels
     plot_curve(tmp / "curve.png", outcome.history)
     seconds = time.perf_counter() - started
     write_json(tmp / "results.json", {"best_epoch": outcome.best_epoch, "valid": scores["valid"],
@@ -277,13 +282,15 @@ def summary(results: list[RunResult], split: str = "test") -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(run_dir, split: str = "test", device: str = "auto"):
+def evaluate_run(run_dir, split: str = "test", device: str = "auto", data_dir=None,
+                 progress=no_progress):
     """Re-score a saved run on ``split`` from its folder alone: ``(Evaluation, run config)``.
 
-    The model loads from safetensors + JSON; the inputs are rebuilt from ``inputs.json`` and
-    refused when the data or a feature/graph file changed since training.
+    The model loads from safetensors + JSON; the node table, neighbours and context from the
+    run's ``pool.h5`` (older runs: the recorded files, refused when changed); the data from
+    ``data_dir`` when given (the recorded folder moved), refused unless its content is the one
+    the run was trained on.
     """
-    from .inputs import inputs_from_record
     from .model import load_tagger
 
     run_dir = Path(run_dir)
@@ -291,7 +298,7 @@ def evaluate_run(run_dir, split: str = "test", device: str = "auto"):
         raise MissingInput("not a run folder (no config.json)", path=run_dir,
                            hint="give a folder under <artifacts>/runs/")
     config = TrainConfig.from_json(run_dir / "config.json")
-    inputs = inputs_from_record(run_dir, config)
+    inputs = run_inputs(run_dir, config, data_dir)
     if split not in inputs.dataset.splits:
         raise InvalidConfig(f"unknown split {split!r}; use one of "
                             f"{', '.join(inputs.dataset.splits)}")
@@ -303,5 +310,6 @@ def evaluate_run(run_dir, split: str = "test", device: str = "auto"):
                             f"{list(inputs.image.node_shape)}")
     splits = make_splits(inputs, tokenizer, config, meta["label2id"], only=split)
     result = evaluate(model, splits[split], torch_device, node_table(inputs, config, torch_device),
-                      config.optim.eval_batch_size, config.precision, inputs.dataset.type_names)
+                      config.optim.eval_batch_size, config.precision, inputs.dataset.type_names,
+                      progress)
     return result, config
