@@ -108,6 +108,7 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
     import logging
 
     from pipeline.data import default_captions, default_image_dir
+    from pipeline.distributed import launched_rank
     from pipeline.extract import ExtractConfig, run_extract, summary_lines
 
     writable_folder(options["artifacts"], setting="artifacts")
@@ -133,7 +134,8 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
         summary = run_extract(config, progress_factory(quiet))
     finally:
         cache_log.removeHandler(notes)
-    click.echo("\n".join(summary_lines(summary)))
+    if launched_rank() == 0:            # under torchrun: one summary, from rank 0
+        click.echo("\n".join(summary_lines(summary)))
 
 
 @main.command("build-graphs", context_settings=CONTEXT)
@@ -184,6 +186,7 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, intra_view, 
     """
     from pipeline.data import load_dataset
     from pipeline.diagnostics import plot_k_occurrence, report
+    from pipeline.distributed import launched_rank
     from pipeline.graphs import DEFAULT_RELATIONS, GraphConfig, build_graphs as build, read_graph
 
     writable_folder(artifacts, setting="artifacts")
@@ -200,6 +203,8 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, intra_view, 
     results = build(dataset, artifacts, config, features=features,
                     rgcn_dir=rgcn_dir if use_rgcn else None, overwrite=overwrite,
                     progress=progress_factory(quiet))
+    if launched_rank() != 0:            # under torchrun: rank 0 reports
+        return
     graphs = {r.name: read_graph(r.path) for r in results}
     for result in results:
         click.echo(f"{'reused' if result.reused else 'wrote'} {result.name}: {result.path}")

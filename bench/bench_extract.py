@@ -22,6 +22,8 @@ Synthetic JPEGs of tweet-like sizes (600x400 to 1200x900, smooth content, qualit
 in ``--dir``. Needs only torch, torchvision, h5py, numpy, PIL and efficientnet_lite_pytorch.
 
     python bench/bench_extract.py --images 64 --batch-size 16 --out /tmp/bench-extract-cpu.json
+    python bench/bench_extract.py --images 64 --ranks 2 --workers 0 --models efficientnet-lite0 \\
+        --out /tmp/bench-extract-ranks.json             # + torchrun, 1 and 2 gloo ranks on CPU
     python bench/bench_extract.py --device cuda --images 8192 --batch-size 256 --workers 16 \\
         --out bench/results/extract-h100.json
 """
@@ -39,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.launch import extract_ranks  # noqa: E402
 from bench.machine import machine as base_machine  # noqa: E402
 
 import torch  # noqa: E402
@@ -295,6 +298,8 @@ def run(args) -> dict:
             "steady_over_decode": steady / decode if steady else None,
             "steady_over_limit": steady / limit if steady else None,
             "steady_over_shared": steady / shared if steady and shared else None}
+        if args.ranks:
+            result["models"][model]["ranks"] = extract_ranks(name, data, images, args, folder)
     return result
 
 
@@ -336,6 +341,15 @@ def table(result: dict) -> str:
                  "to last), (total) = whole call;")
     lines.append(f"ext/min = extract over the slower of forward and decode ({decode}); "
                  "target >= 0.8; ext/shr = extract over shared")
+    for model, r in result["models"].items():
+        if r.get("ranks"):
+            lines.append(f"torchrun extract of {model} (whole command, cores split between "
+                         "the ranks; baseline: 1 rank, same run)")
+            lines.append(f"{'ranks':>6}{'seconds':>10}{'img/s':>9}{'x 1 rank':>10}  "
+                         "file equal to 1 rank's")
+            lines += [f"{x['ranks']:>6}{x['seconds']:>10.2f}{x['images_per_s']:>9.1f}"
+                      f"{x['speedup']:>10.2f}  {'yes' if x['equal_to_1_rank'] else 'NO'}"
+                      for x in r["ranks"]]
     return "\n".join(lines)
 
 
@@ -348,6 +362,8 @@ def main(argv=None) -> None:
     parser.add_argument("--models", default="efficientnet-lite0,resnet50")
     parser.add_argument("--float32", dest="float16", action="store_false",
                         help="store float32 (default: float16, as --float16 in extract)")
+    parser.add_argument("--ranks", type=int, default=0,
+                        help="also time extract under torchrun with 1 and this many ranks")
     parser.add_argument("--dir", default=None, help="where the JPEGs and HDF5 files go "
                         "[default: a new temporary folder]")
     parser.add_argument("--out", type=Path, required=True, help="JSON results file")

@@ -15,6 +15,11 @@ with the reason. Usage (GPU machine)::
 
     python bench/bench_graphs.py --device cuda --out bench/graphs-h100.json
     python bench/bench_graphs.py --sizes 10000,100000 --out /tmp/bench.json   # 2-core CPU
+    python bench/bench_graphs.py --sizes 1000000 --device cuda --ranks 8       # 1 GPU and 8
+
+``--ranks N`` adds ``sharded_search`` (pipeline/sharded_search.py) under ``torchrun`` with 1 and N
+ranks (NCCL on GPUs, gloo on the CPU): the pool split over the ranks, per-rank top-k merged; the
+ratio column of those rows is against the 1-rank run of the same size.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -144,6 +150,8 @@ def bench_size(n: int, args, cuda: bool) -> tuple[list[dict], list[str]]:
                "fallback_rows": info.get("fallback_rows"),
                "recall": None if reference is None else round(recall_at_k(I[sample], reference), 4)}
         rows.append(row)
+        if kind != "approx" and not any(r.get("_I") is not None for r in rows[:-1]):
+            row["_I"] = I[sample]
         print(f"  {n:>8} {name:<28} {seconds:9.2f} s", file=sys.stderr, flush=True)
         del I
     for row in rows:
@@ -153,6 +161,59 @@ def bench_size(n: int, args, cuda: bool) -> tuple[list[dict], list[str]]:
         seconds = row.pop("_seconds")
         row["ratio"] = round(seconds / base[1], 3) if base else None
     return rows, skipped
+
+
+def rank_worker(args) -> None:
+    """One rank of the sharded exact search under torchrun: every rank makes the same vectors
+    (seeded), the ranks split the pool (``sharded_search``); rank 0 saves the time and the
+    sampled rows of ``I``."""
+    import torch
+
+    from pipeline.distributed import Distributed
+    from pipeline.sharded_search import sharded_search
+
+    with Distributed.from_env(device=args.device) as dist:
+        x = vectors(args.worker_size, args.dim, args.seed)
+        sample = np.random.default_rng(args.seed + 1).choice(
+            len(x), min(len(x), args.recall_sample), replace=False)
+        if dist.device.startswith("cuda"):
+            sharded_search(x[:64], x[:4096], args.k, dist=dist)      # context, cuBLAS set-up
+            torch.cuda.synchronize()
+        dist.barrier()
+        start = time.perf_counter()
+        _, I = sharded_search(x, x, args.k, dist=dist)
+        _sync(dist.device)
+        dist.barrier()
+        seconds = time.perf_counter() - start
+        if dist.is_main:
+            np.savez(args.worker_out, seconds=seconds, I=I[sample], world=dist.world)
+
+
+def bench_ranks(n: int, args, rows: list[dict], folder: Path) -> None:
+    """Rows for ``sharded_search`` under torchrun with 1 and ``--ranks`` ranks (search time
+    inside the ranks; process start and data generation excluded), ratio to the 1-rank run and
+    recall against the first exact result of the size."""
+    from bench.launch import torchrun
+
+    reference = next((r for r in rows if r["size"] == n and r.get("_I") is not None), None)
+    one = None
+    for ranks in sorted({1, args.ranks}):
+        out = folder / f"sharded-{n}-{ranks}.npz"
+        torchrun(ranks, [Path(__file__).resolve(), "--rank-worker", "--worker-size", n,
+                         "--worker-out", out, "--dim", args.dim, "--k", args.k, "--seed",
+                         args.seed, "--device", args.device, "--recall-sample",
+                         args.recall_sample])
+        got = np.load(out)
+        seconds = float(got["seconds"])
+        one = one or seconds
+        ref = reference["_I"] if reference else got["I"]
+        rows.append({"size": n, "backend": f"sharded exact, {ranks} rank(s)", "kind": "exact",
+                     "device": args.device if ranks == 1 else f"{ranks}x {args.device}",
+                     "seconds": round(seconds, 3), "baseline": "sharded exact, 1 rank(s)",
+                     "ratio": round(seconds / one, 3), "fallback_rows": None,
+                     "recall": round(recall_at_k(got["I"], ref), 4)})
+        print(f"  {n:>8} sharded exact, {ranks} rank(s) {seconds:9.2f} s", file=sys.stderr,
+              flush=True)
 
 
 def warm_up(device: str) -> None:
@@ -188,8 +249,17 @@ def main(argv=None) -> int:
                         help="largest size for the approximate faiss indexes")
     parser.add_argument("--recall-sample", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ranks", type=int, default=0,
+                        help="also time the sharded exact search under torchrun with 1 and this "
+                        "many ranks (gloo on the CPU, NCCL on GPUs)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--rank-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rank_worker:
+        rank_worker(args)
+        return 0
     import torch
 
     if args.device == "auto":
@@ -201,6 +271,11 @@ def main(argv=None) -> int:
     rows, skipped = [], []
     for n in (int(s) for s in args.sizes.split(",")):
         size_rows, size_skipped = bench_size(n, args, cuda)
+        if args.ranks:
+            with tempfile.TemporaryDirectory() as folder:
+                bench_ranks(n, args, size_rows, Path(folder))
+        for row in size_rows:
+            row.pop("_I", None)
         rows += size_rows
         skipped += size_skipped
     print(f"top-{args.k} over n random {args.dim}-d unit vectors, every vector a query; "

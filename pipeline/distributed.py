@@ -55,6 +55,12 @@ def launcher_env(environ=None) -> dict[str, int] | None:
     return {"rank": rank, "world": world, "local_rank": values["LOCAL_RANK"]}
 
 
+def launched_rank(environ=None) -> int:
+    """This process's rank as the launcher numbered it (0 without a launcher): who prints."""
+    env = launcher_env(environ)
+    return 0 if env is None else env["rank"]
+
+
 @dataclasses.dataclass
 class Distributed:
     """This process's place in the group. ``Distributed()`` is the single process (no group);

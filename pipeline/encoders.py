@@ -24,6 +24,7 @@ from typing import Callable
 from .artifacts import file_sha256
 from .errors import MissingInput, UnknownEncoder
 from .hub import WEIGHTS_HINT, check_hub_reachable, hub_cached
+from .model_names import clip_hub_config, is_timm_model, split_timm_name
 from .packaged import assemble
 from .runtime import autocast, resolve_device  # noqa: F401 - decided there, used here and re-exported
 
@@ -269,7 +270,7 @@ def _weights_variant(base: EncoderSpec, weights: str) -> EncoderSpec:
 
 
 def _timm_spec(name: str) -> EncoderSpec:
-    model, _, weights = name[len("timm:"):].partition(":")
+    model, weights = split_timm_name(name[len("timm:"):])
     base = EncoderSpec(name=f"timm:{model}", modality="image", library="timm", identifier=model,
                        pretrained="timm", space=f"grid:timm-{model}",
                        preprocess=_grid_preprocess(IMAGENET_MEAN, IMAGENET_STD))
@@ -277,6 +278,11 @@ def _timm_spec(name: str) -> EncoderSpec:
 
 
 def _clip_spec(name: str) -> EncoderSpec:
+    if name.startswith("clip:hf-hub:"):          # config and weights on the Hugging Face hub
+        dim, size = clip_hub_config(name, name[len("clip:hf-hub:"):])
+        return EncoderSpec(name=name, modality="image+text", library="open_clip",
+                           identifier=name[len("clip:"):], pretrained="hf-hub", dim=dim,
+                           space=name, normalized=True, preprocess=_clip_preprocess(size))
     arch, sep, tag = name[len("clip:"):].partition("/")
     if not arch or not sep or not tag:
         raise UnknownEncoder(f"CLIP encoder {name!r} must read clip:<arch>/<tag>, e.g. "
@@ -311,6 +317,8 @@ def resolve_encoder(name: str, modality: str | None = None) -> EncoderSpec:
         spec = _clip_spec(name)
     elif name.startswith("timm:") and len(name) > 5:
         spec = _timm_spec(name)
+    elif modality == "image" and is_timm_model(name):
+        spec = _timm_spec(f"timm:{name}")
     elif name.partition(":")[0] in REGISTRY and REGISTRY[name.partition(":")[0]].modality != "text":
         base, _, weights = name.partition(":")
         spec = _weights_variant(REGISTRY[base], weights)

@@ -26,12 +26,14 @@ from pathlib import Path
 
 from . import features as fs
 from . import store
-from .artifacts import environment, fingerprint, ids_fingerprint
+from .artifacts import environment, ids_fingerprint
 from .data import Dataset, load_dataset
+from .distributed import Distributed
 from .encoders import EncoderSpec, encoder_fingerprint, resolve_encoder
 from .errors import InvalidConfig
 from .extract_passes import run_jobs
 from .objects import COCO_80, LEXICON
+from .producers import recipe, view_fingerprint
 from .progress import no_progress
 from .runtime import resolve_device, resolve_precision
 from .text import tweet_text  # noqa: F401 (re-exported: the tweet text of the text view)
@@ -231,11 +233,10 @@ def plan(config: ExtractConfig, dataset: Dataset, precision: str) -> list[Job]:
     ids_sha, key = ids_fingerprint(dataset.item_ids()), store.dataset_key(dataset)
     for job in jobs:
         job.config["precision"] = precision if job.producer != "caption_objects" else "n/a"
-        job.fingerprint = fingerprint({
-            "format": FORMAT_VERSION, "view": job.view, "source": job.source, "space": job.space,
-            "encoder": job.encoder, "config": job.config,
-            "inputs_sha256": store.inputs_digest(job.inputs), "ids_sha256": ids_sha,
-            "dtype": "float16" if config.float16 else "float32"})
+        job.fingerprint = view_fingerprint(      # the producer's recipe and what it read
+            recipe(job.view, job.source, job.space, job.encoder, job.config),
+            inputs_sha256=store.inputs_digest(job.inputs), ids_sha256=ids_sha,
+            dtype="float16" if config.float16 else "float32", format_version=FORMAT_VERSION)
         job.path = fs.file_path(config.artifacts, key, job.view, job.fingerprint)
         if job.producer == "label_phrase":    # after its object_types job (planned before it)
             job.needs = next(j.path for j in jobs if j.view == "object_types")
@@ -252,24 +253,38 @@ def job_attrs(job: Job, dataset: Dataset, run: dict) -> dict:
 
 
 def run_extract(config: ExtractConfig, progress=no_progress) -> dict:
-    """Extract every planned view (reusing complete files); write the manifest; return a summary."""
+    """Extract every planned view (reusing complete files); write the manifest; return a summary.
+
+    Under ``torchrun`` every rank computes its share of each view and rank 0 merges the shards
+    (pipeline/feature_shards.py); the files are those one process writes."""
     start = time.perf_counter()
-    dataset = load_dataset(config.data_dir, config.captions, config.image_dir)
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    jobs = plan(config, dataset, precision)
-    ids = dataset.item_ids()
-    todo = [job for job in jobs if not _reuse(job, ids, config.overwrite)]
-    if todo:
-        decode = config.decode if config.decode != "auto" else (
-            "gpu" if device.startswith("cuda") else "pil")
-        run = {"device": device, "precision": precision, "decode": decode,
-               "batch_size": config.batch_size, "workers": _workers(config)}
-        run_jobs(todo, dataset, config, run, lambda job: job_attrs(job, dataset, run), progress)
-    views = {job.view: _describe(job) for job in sorted(jobs, key=lambda j: VIEWS.index(j.view))}
-    manifest = fs.write_manifest(config.artifacts, dataset, {
-        v: {k: d[k] for k in ("file", "fingerprint", "space", "source", "text_source", "shape")}
-        for v, d in views.items()})
+    with Distributed.from_env(device=config.device) as dist:
+        dataset = load_dataset(config.data_dir, config.captions, config.image_dir)
+        device = dist.device if dist.active else resolve_device(config.device)
+        precision = resolve_precision(config.precision, device)
+        if not dist.is_main:
+            dist.barrier()          # rank 0 plans first: it hashes the images once, for all
+        jobs = plan(config, dataset, precision)
+        ids = dataset.item_ids()
+        todo = [job for job in jobs if not _reuse(job, ids, config.overwrite)]
+        if dist.is_main:
+            dist.barrier()
+        if todo:
+            decode = config.decode if config.decode != "auto" else (
+                "gpu" if device.startswith("cuda") else "pil")
+            run = {"device": device, "precision": precision, "decode": decode,
+                   "batch_size": config.batch_size, "workers": _workers(config),
+                   "ranks": dist.world}
+            run_jobs(todo, dataset, config, run, lambda job: job_attrs(job, dataset, run),
+                     progress if dist.is_main else no_progress, dist)
+        views = {job.view: _describe(job)
+                 for job in sorted(jobs, key=lambda j: VIEWS.index(j.view))}
+        manifest = fs.manifest_path(config.artifacts, store.dataset_key(dataset))
+        if dist.is_main:
+            manifest = fs.write_manifest(config.artifacts, dataset, {
+                v: {k: d[k] for k in ("file", "fingerprint", "space", "source", "text_source",
+                                      "shape")} for v, d in views.items()})
+        dist.barrier()
     return {"dataset": dataset.name, "items": len(ids), "views": views, "manifest": str(manifest),
             "coverage": coverage(dataset), "seconds": round(time.perf_counter() - start, 2)}
 

@@ -16,32 +16,38 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from .distributed import Distributed
 from .encoders import load_encoder
+from .feature_shards import ShardWriter, merge_shards
 from .features import FeatureWriter, read_features
 from .images import DecodeAhead, DecodeSpec, image_batches
-from .objects import coco_prompts, imagenet_phrase
-from .producers import Item, text_producer
+from .objects import imagenet_phrase
+from .producers import ImageViews, Item, text_producer
 from .progress import no_progress
 
 IMAGE_PRODUCERS = {"cnn": "cnn", "clip_image": "clip", "clip_objects": "clip"}
 
 
-def run_jobs(jobs, dataset, config, run: dict, attrs_of, progress=no_progress) -> None:
-    """Produce every job's file (resuming ``.tmp`` files); models load only when needed."""
+def run_jobs(jobs, dataset, config, run: dict, attrs_of, progress=no_progress,
+             dist=None) -> None:
+    """Produce every job's file (resuming ``.tmp`` files); models load only when needed.
+
+    With ``dist`` (a ``Distributed`` group of several ranks) each rank computes its share of the
+    rows into shards (pipeline/feature_shards.py); after each stage (the image passes, then the
+    texts: the label bridge reads the merged object_types) rank 0 merges them into the file."""
+    dist = dist or Distributed()
     dtype = np.float16 if config.float16 else np.float32
-    precision = run["precision"]
     encoders: dict[str, object] = {}
 
     def encoder(name: str):
         if name not in encoders:
-            encoders[name] = load_encoder(name, run["device"], precision)
+            encoders[name] = load_encoder(name, run["device"], run["precision"])
         return encoders[name]
 
     writers = {}
     try:
         for job in jobs:
-            writers[job.view] = FeatureWriter(job.path, dataset.item_ids(), attrs_of(job), dtype,
-                                              with_sha=job.source in ("image", "imagenet_labels"))
+            writers[job.view] = _writer(job, dataset, attrs_of(job), dtype, config, dist)
             job.notes.extend(writers[job.view].notes)
         for model in ("cnn", "clip"):
             group = [j for j in jobs if IMAGE_PRODUCERS.get(j.producer) == model]
@@ -50,34 +56,44 @@ def run_jobs(jobs, dataset, config, run: dict, attrs_of, progress=no_progress) -
                 _image_pass(group, writers, encoder(name), dataset, config, run, progress)
                 for job in group:
                     writers.pop(job.view).finish()
+        _merge([j for j in jobs if j.producer in IMAGE_PRODUCERS], dataset, attrs_of, dtype,
+               dist)
         for job in jobs:        # after the image passes: the label bridge reads object_types
             if job.producer not in IMAGE_PRODUCERS:
                 _text_job(job, writers[job.view], dataset, config, encoder, progress)
                 writers.pop(job.view).finish()
+        _merge([j for j in jobs if j.producer not in IMAGE_PRODUCERS], dataset, attrs_of, dtype,
+               dist)
     finally:
         for writer in writers.values():
             writer.close()
 
 
+def _with_sha(job) -> bool:
+    return job.source in ("image", "imagenet_labels")
+
+
+def _writer(job, dataset, attrs: dict, dtype, config, dist):
+    """The whole file's writer for one process; this rank's shard writer in a group."""
+    if not dist.active:
+        return FeatureWriter(job.path, dataset.item_ids(), attrs, dtype, with_sha=_with_sha(job))
+    return ShardWriter(job.path, dataset.item_ids(), attrs, dtype, _with_sha(job),
+                       rank=dist.rank, world=dist.world, overwrite=config.overwrite)
+
+
+def _merge(jobs, dataset, attrs_of, dtype, dist) -> None:
+    """In a group: once every rank has finished its shards, rank 0 merges each job's file."""
+    if not dist.active or not jobs:
+        return
+    dist.barrier()
+    if dist.is_main:
+        for job in jobs:
+            merge_shards(job.path, dataset.item_ids(), attrs_of(job), dist.world, dtype,
+                         _with_sha(job))
+    dist.barrier()
+
+
 # ---- images -----------------------------------------------------------------------------------
-
-def _outputs(encoder, views: set[str]):
-    """images -> {view: device tensor} for one model."""
-    if hasattr(encoder, "forward_views"):
-        def run(images):
-            out = encoder.forward_views(images)
-            return {"region_grid": out["grid"], "object_types": out["probs"]}
-        return run
-    prompts = encoder.encode_text(coco_prompts()) if "object_types" in views else None
-
-    def run_clip(images):
-        embeddings = encoder.encode_image(images)
-        out = {"image_global": embeddings}
-        if prompts is not None:
-            out["object_types"] = encoder.zero_shot(embeddings, prompts)
-        return out
-    return run_clip
-
 
 class _Done:
     """A computed batch on its way to the host. On CUDA the copy runs on ``copier`` (a stream of
@@ -145,7 +161,8 @@ def _image_pass(jobs, writers, encoder, dataset, config, run, progress) -> None:
     on_cuda = run["device"].startswith("cuda")
     loader = image_batches(pending, [paths[r] for r in pending], spec, run["decode"],
                            config.batch_size, run["workers"], pin_memory=on_cuda)
-    forward = _outputs(encoder, set(views))
+    config = next((job.config for job in jobs if job.view == "object_types"), {})
+    forward = ImageViews(encoder, views, config).compute_batch     # the views' producer
     shapes = _Shapes(forward, spec.size, run["device"])
     dtype = writers[views[0]].dtype
     copier = torch.cuda.Stream(torch.device(run["device"])) if on_cuda else None

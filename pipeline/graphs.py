@@ -25,7 +25,13 @@ Ties: sparse object-type vectors give massive exact ties (most images share {per
 search then returns the lowest pool rows, and one image becomes a hub by row order alone (54% of
 TWITTER-2017 lists with ``ties="index"``). ``ties="random"`` (default) adds two seeded random
 columns whose inner product shifts each (query, pool) score by at most ``TIE_SCALE`` = 1e-5, so
-ties are broken per pair; ``D`` is the unshifted cosine.
+ties are broken per pair; ``D`` is the unshifted cosine. ``ties="index"`` means the lower pool row
+wins a tie, exactly: its exact search is ``sharded_search`` (pipeline/sharded_search.py), whose
+rule that is however the pool is split.
+
+Under ``torchrun`` (pipeline/distributed.py) the exact search is shared: each rank holds its
+blocks of the pool, the ranks merge their top-k (``sharded_search``), rank 0 writes the files; the
+files are the ones one process writes (same fingerprints, same neighbours).
 
 The authors' published lists are imported into the same format by ``graph_import.import_rgcn``.
 """
@@ -42,12 +48,15 @@ import numpy as np
 from . import store
 from .artifacts import fingerprint, ids_fingerprint
 from .data import Dataset
+from .distributed import Distributed
 from .errors import InvalidConfig, MissingInput, MnerError, SpaceMismatch
 from .features import load_manifest, read_features
 from .graph_import import import_rgcn
 from .graph_store import (BuildResult, Graph, graph_path, load_graph_manifest, read_graph,
                           reusable, update_graph_manifest, write_graph)
 from .progress import no_progress
+from .runtime import resolve_device
+from .sharded_search import sharded_search
 from .search import APPROX, BACKENDS, estimate_recall, same_item_pairs, search
 
 __all__ = ["GraphConfig", "BuildResult", "build_graphs", "resolve_features", "read_graph",
@@ -239,21 +248,41 @@ def _tie_columns(n: int, m: int, seed: int):
     return r[:n], r[n:]
 
 
-def _rank(xq, xb, exclude, config: GraphConfig, progress, info: dict):
+def _exact_search(config: GraphConfig, dist):
+    """The exact top-k the graph uses: the ranks' sharded search (pipeline/sharded_search.py)
+    in a group, and for ``ties="index"`` (a tie goes to the lower pool row, however many ranks);
+    else ``search`` with the configured backend. All are exact: same neighbours on tie-free data."""
+    if config.approx is None and (dist.active or config.ties == "index"):
+        device = dist.device if dist.active else resolve_device(config.device)
+
+        def sharded(xq, xb, k, exclude=None, info=None, progress=no_progress):
+            if info is not None:
+                info["backend"] = f"sharded exact ({dist.world} rank(s), {device})"
+            return sharded_search(xq, xb, k, dist=dist, exclude=exclude, device=device,
+                                  progress=progress)
+        return sharded
+
+    def plain(xq, xb, k, exclude=None, info=None, progress=no_progress):
+        return search(xq, xb, k, exclude=exclude, info=info, backend=config.backend,
+                      device=config.device, approx=config.approx, progress=progress)
+    return plain
+
+
+def _rank(xq, xb, exclude, config: GraphConfig, progress, info: dict, dist):
     """``(D, I)``: cosine scores and pool rows of the top-k, ranked by cosine or CSLS."""
-    opts = dict(backend=config.backend, device=config.device, approx=config.approx,
-                progress=progress)
+    top = _exact_search(config, dist)
     aq, ab = xq, xb
     if config.hubness == "csls":
-        r_q = _row_means(search(xq, xb, config.csls_k, exclude=exclude, **opts)[0])
-        r_b = _row_means(search(xb, xq, config.csls_k, exclude=exclude[::-1], **opts)[0])
+        r_q = _row_means(top(xq, xb, config.csls_k, exclude=exclude, progress=progress)[0])
+        r_b = _row_means(top(xb, xq, config.csls_k, exclude=exclude[::-1],
+                             progress=progress)[0])
         info["csls"] = {"r_q_mean": float(r_q.mean()), "r_b_mean": float(r_b.mean())}
         aq = np.hstack([2 * xq, -np.ones((len(xq), 1), np.float32)])
         ab = np.hstack([xb, r_b[:, None].astype(np.float32)])
     if config.ties == "random":
         tq, tb = _tie_columns(len(xq), len(xb), config.seed)
         aq, ab = np.hstack([aq, tq]), np.hstack([ab, tb])
-    _, I = search(aq, ab, config.k, exclude=exclude, info=info, **opts)
+    _, I = top(aq, ab, config.k, exclude=exclude, info=info, progress=progress)
     if config.approx:
         info["recall_at_k"] = estimate_recall(
             aq, ab, I, config.k, exclude=exclude, sample=config.recall_sample,
@@ -275,9 +304,10 @@ def _fingerprint(relation, dataset: Dataset, pool_ids, inputs, config: GraphConf
 
 def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], artifacts,
                    config: GraphConfig, *, overwrite=False, progress=no_progress,
-                   _cache: dict | None = None) -> BuildResult:
-    """Build (or reuse) one relation's graph file; see the module docstring."""
-    cache = {} if _cache is None else _cache
+                   _cache: dict | None = None, dist=None) -> BuildResult:
+    """Build (or reuse) one relation's graph file; see the module docstring. In a group
+    (``dist``) every rank searches its share of the pool and rank 0 writes the file."""
+    cache, dist = ({} if _cache is None else _cache), dist or Distributed()
     names = relation_views(relation, config.intra_view)
     qv, bv = (_load_view(views, name, dataset, artifacts, cache) for name in names)
     if qv.space != bv.space:
@@ -304,7 +334,7 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
     exclude = same_item_pairs([(queries[r], sha.get(queries[r], "")) for r in live],
                               [(item, sha.get(item, "")) for item in pool_ids])
     info: dict = {}
-    D_live, I_live = _rank(xq[live], xb[b_ok], exclude, config, progress, info)
+    D_live, I_live = _rank(xq[live], xb[b_ok], exclude, config, progress, info, dist)
     I = np.full((len(queries), config.k), -1, np.int64)
     D = np.full((len(queries), config.k), np.nan, np.float32)
     I[live], D[live] = I_live, D_live
@@ -323,23 +353,33 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
              "notes": notes}
     if "recall_at_k" in info:
         attrs["recall_at_k"] = info["recall_at_k"]
-    graph = Graph(queries, pool_ids, I, D, ~q_ok, attrs, flag_reason=reasons)
-    write_graph(graph, path)
+    if dist.is_main:
+        write_graph(Graph(queries, pool_ids, I, D, ~q_ok, attrs, flag_reason=reasons), path)
+    dist.barrier()
     return BuildResult(name, path, reused=False, notes=notes)
 
 
 def build_graphs(dataset: Dataset, artifacts, config: GraphConfig, *, features=(),
                  rgcn_dir=None, overwrite=False, progress=no_progress) -> list[BuildResult]:
     """Build our relations (``config.relations``) and, with ``rgcn_dir``, import the authors' lists;
-    record them in ``<artifacts>/graphs/<dataset>/manifest.json``."""
+    record them in ``<artifacts>/graphs/<dataset>/manifest.json``.
+
+    Under ``torchrun`` the ranks share the exact search (the pool split between them) and rank 0
+    writes the files, the import and the manifest; every rank returns the results."""
     results = []
-    if config.relations:
-        views = resolve_features(artifacts, store.dataset_key(dataset), features)
-        cache: dict = {}
-        for relation in config.relations:
-            results.append(build_relation(relation, dataset, views, artifacts, config,
-                                          overwrite=overwrite, progress=progress, _cache=cache))
-    if rgcn_dir is not None:
-        results.extend(import_rgcn(dataset, rgcn_dir, artifacts, overwrite=overwrite))
-    update_graph_manifest(artifacts, dataset, {r.name: r.path for r in results})
+    with Distributed.from_env(device=config.device) as dist:
+        if config.relations:
+            views = resolve_features(artifacts, store.dataset_key(dataset), features)
+            cache: dict = {}
+            for relation in config.relations:
+                results.append(build_relation(
+                    relation, dataset, views, artifacts, config, overwrite=overwrite,
+                    progress=progress if dist.is_main else no_progress, _cache=cache, dist=dist))
+        if dist.is_main:
+            if rgcn_dir is not None:
+                results.extend(import_rgcn(dataset, rgcn_dir, artifacts, overwrite=overwrite))
+            update_graph_manifest(artifacts, dataset, {r.name: r.path for r in results})
+        dist.barrier()
+        if not dist.is_main and rgcn_dir is not None:
+            results.extend(import_rgcn(dataset, rgcn_dir, artifacts, overwrite=False))
     return results

@@ -165,7 +165,7 @@ class ClipEncoder:
         import open_clip
 
         self.spec, self.device, self.precision = spec, device, precision
-        pretrained = None if spec.pretrained is None else (
+        pretrained = None if spec.pretrained in (None, "hf-hub") else (   # hf-hub: in the name
             spec.locate() if spec.locate is not None else spec.pretrained)
         try:
             model = _seeded(lambda: open_clip.create_model(spec.identifier, pretrained=pretrained))

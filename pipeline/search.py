@@ -167,13 +167,7 @@ def _default_rows(m: int, bytes_per_score: int, budget: int) -> int:
 
 def _faiss_flat(xq, xb, kk, gpu: bool, device: str, chunk_rows, bar):
     faiss = load_faiss()
-    if gpu:
-        res = faiss.StandardGpuResources()
-        config = faiss.GpuIndexFlatConfig()
-        config.device = int(device.split(":")[1]) if ":" in device else 0
-        index = faiss.GpuIndexFlatIP(res, xb.shape[1], config)
-    else:
-        index = faiss.IndexFlatIP(xb.shape[1])
+    index = _faiss_gpu_flat(faiss, xb.shape[1], device) if gpu else faiss.IndexFlatIP(xb.shape[1])
     index.add(xb)
     rows = chunk_rows or _default_rows(len(xb), 4, 1 << 28)
     D = np.empty((len(xq), kk), np.float32)
@@ -182,6 +176,19 @@ def _faiss_flat(xq, xb, kk, gpu: bool, device: str, chunk_rows, bar):
         D[part], I[part] = index.search(xq[part], kk)
         bar.update(part.stop - part.start)
     return D, I
+
+
+def _faiss_gpu_flat(faiss, dims: int, device: str):
+    """faiss's exact GPU index: on ``cuda:N`` that GPU; on ``cuda`` with several GPUs the pool
+    sharded over all of them (``index_cpu_to_all_gpus``, an ``IndexShards`` merging the shards'
+    top-k), else GPU 0."""
+    if ":" not in device and faiss.get_num_gpus() > 1:
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = True
+        return faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(dims), options)
+    config = faiss.GpuIndexFlatConfig()
+    config.device = int(device.split(":")[1]) if ":" in device else 0
+    return faiss.GpuIndexFlatIP(faiss.StandardGpuResources(), dims, config)
 
 
 def approx_index(xb: np.ndarray, kind: str, kk: int):

@@ -31,10 +31,10 @@ def clip_arch(tmp_path_factory):
 
 
 def test_unknown_image_encoder_lists_the_valid_names():
-    with pytest.raises(UnknownEncoder) as err:
-        resolve_encoder("vgg16", "image")
+    with pytest.raises(UnknownEncoder) as err:      # (vgg16 is a timm name: tests/test_model_names)
+        resolve_encoder("no_such_net", "image")
     assert str(err.value) == (
-        "unknown image encoder 'vgg16'; use one of efficientnet-lite0, resnet101, resnet152, "
+        "unknown image encoder 'no_such_net'; use one of efficientnet-lite0, resnet101, resnet152, "
         "resnet50 (optionally :random or :<weights file>), timm:<model>, or a CLIP model "
         "(clip-vit-b16-openai, clip-vit-b32-laion2b, clip-vit-b32-openai, clip-vit-l14-openai or "
         "clip:<arch>/<tag>)")

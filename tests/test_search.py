@@ -11,6 +11,11 @@ from pipeline.search import estimate_recall, recall_at_k, same_item_pairs, searc
 from pipeline.sharded_search import merge_topk, row_blocks, sharded_search
 
 
+def torch_cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 def unit(rows, dims, seed=0):
     x = np.random.default_rng(seed).standard_normal((rows, dims)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -246,3 +251,54 @@ def test_sharded_search_refuses_non_finite_rows_and_mismatched_dims():
         sharded_search(unit(3, 4), xb, 2, pool_rows=8)
     with pytest.raises(MnerError, match="^query vectors have 4 dims but pool vectors 5"):
         sharded_search(unit(3, 4), unit(3, 5), 2)
+
+
+@pytest.mark.skipif(search_module.faiss_gpus() == 0 or not torch_cuda(),
+                    reason="needs faiss with GPUs (the gpu extra: faiss-gpu-cu12) and CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])   # every GPU (sharded) / one GPU
+def test_faiss_on_gpu_equals_the_torch_path(device):
+    xq, xb = with_ties(4)
+    info = {}
+    D_f, I_f = search(xq, xb, 7, backend="faiss", device=device, info=info)
+    D_t, I_t = search(xq, xb, 7, backend="torch", device=device, precision="float32")
+    assert info["backend"] == "faiss-gpu"
+    np.testing.assert_allclose(D_f, D_t, atol=1e-5)
+    assert_exact(D_f, I_f, xq, xb, 7)
+
+
+def test_faiss_on_cuda_shards_the_pool_over_every_gpu_and_on_cuda_n_uses_that_one():
+    calls = []
+
+    class Options:
+        shard = False
+
+    class Config:
+        device = None
+
+    class FakeFaiss:                     # only the calls the GPU route makes
+        GpuMultipleClonerOptions, GpuIndexFlatConfig = Options, Config
+
+        def __init__(self, gpus):
+            self.gpus = gpus
+
+        def get_num_gpus(self):
+            return self.gpus
+
+        def IndexFlatIP(self, dims):
+            return ("flat", dims)
+
+        def index_cpu_to_all_gpus(self, index, options):
+            calls.append(("all", index, options.shard))
+            return "sharded"
+
+        def StandardGpuResources(self):
+            return "res"
+
+        def GpuIndexFlatIP(self, res, dims, config):
+            calls.append(("one", dims, config.device))
+            return "one"
+
+    assert search_module._faiss_gpu_flat(FakeFaiss(4), 8, "cuda") == "sharded"
+    assert search_module._faiss_gpu_flat(FakeFaiss(4), 8, "cuda:2") == "one"
+    assert search_module._faiss_gpu_flat(FakeFaiss(1), 8, "cuda") == "one"
+    assert calls == [("all", ("flat", 8), True), ("one", 8, 2), ("one", 8, 0)]

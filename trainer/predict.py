@@ -23,11 +23,10 @@ from pipeline.data import image_path, image_refs, read_captions
 from pipeline.encoders import load_encoder
 from pipeline.errors import InvalidConfig, MissingInput
 from pipeline.formats import check_types, read_examples
-from pipeline.images import DecodeSpec, decode_file, image_problem
+from pipeline.images import image_problem
 from pipeline.labels import LabelSet
-from pipeline.objects import coco_prompts, imagenet_phrase
 from pipeline.outputs import gold_tags, write_predictions as write_outputs
-from pipeline.producers import CaptionText, Item, text_producer
+from pipeline.producers import CaptionText, ImageViews, Item, LabelPhrase, text_producer
 from pipeline.progress import no_progress
 from pipeline.search import search
 
@@ -102,20 +101,6 @@ def _sentence(name: str, config: dict, device: str):
     return CaptionText(load_encoder(name, device), config.get("text", {}).get("max_length"))
 
 
-def _pixels(examples: list[Example], spec: dict):
-    """uint8 (n_ok, 3, S, S) images of the examples that have a decodable one, and which."""
-    import torch
-
-    decode = DecodeSpec.from_preprocess(spec["preprocess"])
-    images, ok = [], []
-    for example in examples:
-        pixels = decode_file(example.image, decode)[0] if example.image else None
-        ok.append(pixels is not None)
-        if pixels is not None:
-            images.append(pixels)
-    return (torch.stack(images) if images else None), np.array(ok, dtype=bool)
-
-
 def view_vectors(attrs: dict, examples: list[Example], device: str = "cpu"):
     """The vectors the feature file with ``attrs`` would hold for ``examples``, computed by the
     encoder and from the source it records: ``(X float32 (n, ...), ok bool (n,))``."""
@@ -136,26 +121,13 @@ def view_vectors(attrs: dict, examples: list[Example], device: str = "cpu"):
                             "give an image instead of a caption", setting="image")
     model_spec = config["labeller"]["spec"] if source == "imagenet_labels" else spec
     model = load_encoder(model_spec["name"], device)
-    images, ok = _pixels(examples, model_spec)
-    if images is None:
-        return np.zeros((len(examples), *attrs["shape"]), np.float32), ok
-    if hasattr(model, "forward_views"):
-        views = model.forward_views(images)
-        outputs = views["grid"] if view == "region_grid" else views["probs"]
-        if source == "imagenet_labels":
-            top = outputs.argsort(dim=-1, descending=True)[:, :config["topk"]].tolist()
-            phrases = [imagenet_phrase([model.classes[c] for c in row]) for row in top]
-            outputs = _sentence(spec["name"], config, device).compute(
-                [Item(caption=p) for p in phrases]).vectors
-    elif view == "object_types":
-        prompts = coco_prompts(config.get("prompt", "a photo of {}."))
-        outputs = model.zero_shot(model.encode_image(images), model.encode_text(prompts))
+    items = [Item(e.tokens, e.caption, e.image) for e in examples]
+    if source == "imagenet_labels":          # the producers extract's passes use (producers.py)
+        got = LabelPhrase(model, _sentence(spec["name"], config, device),
+                          config["topk"]).compute(items)
     else:
-        outputs = model.encode_image(images)
-    outputs = np.asarray(outputs.cpu() if hasattr(outputs, "cpu") else outputs, dtype=np.float32)
-    X = np.zeros((len(examples), *outputs.shape[1:]), np.float32)
-    X[ok] = outputs
-    return X, ok
+        got = ImageViews(model, (view,), config).compute(items)[view]
+    return got.vectors, got.valid
 
 
 def _neighbours(side: SearchPool, new: list[Example], k: int, device: str):
