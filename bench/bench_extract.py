@@ -46,7 +46,8 @@ from bench.machine import machine as base_machine  # noqa: E402
 
 import torch  # noqa: E402
 
-from pipeline.encoders import load_encoder, resolve_encoder  # noqa: E402
+from pipeline.encoders import resolve_encoder  # noqa: E402
+from pipeline.loaders import load_encoder  # noqa: E402
 from pipeline.extract import ExtractConfig, run_extract  # noqa: E402
 from pipeline.features import FeatureWriter  # noqa: E402
 from pipeline.images import (DecodeAhead, DecodeSpec, collate, decode_jpegs,  # noqa: E402

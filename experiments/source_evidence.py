@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import machine  # noqa: E402
 from experiments.neighbour_entities import mention_recall, random_neighbours  # noqa: E402
 from pipeline.data import load_dataset, read_captions  # noqa: E402
-from pipeline.encoders import load_encoder  # noqa: E402
+from pipeline.loaders import load_encoder  # noqa: E402
 from pipeline.text import tweet_text  # noqa: E402
 
 

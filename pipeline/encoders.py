@@ -383,17 +383,3 @@ class SentenceEncoder:
             pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             out[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
         return out
-
-
-def load_encoder(name: str, device: str = "cpu", precision: str = "fp32"):
-    """An encoder ready to run: ``.encode(batch) -> float32 (n, d)`` and a ``.fingerprint`` dict.
-
-    Text encoders take a list of strings; image encoders a uint8 (n, 3, S, S) tensor resized as
-    their ``spec.preprocess`` says (see pipeline/images.py); CLIP encoders take either.
-    """
-    spec = resolve_encoder(name)
-    device = resolve_device(device)
-    if spec.library == "transformers":
-        return SentenceEncoder(spec, device, precision)
-    from .image_encoders import load_image_encoder
-    return load_image_encoder(spec, device, precision)

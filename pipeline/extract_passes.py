@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from .distributed import Distributed
-from .encoders import load_encoder
 from .feature_shards import ShardWriter, merge_shards
 from .features import FeatureWriter, read_features
+from .image_encoders import imagenet_classes
 from .images import DecodeAhead, DecodeSpec, image_batches
+from .loaders import load_encoder
 from .objects import imagenet_phrase
 from .producers import ImageViews, Item, text_producer
 from .progress import no_progress
@@ -226,7 +227,7 @@ def _text_items(job, dataset):
     if job.producer == "label_phrase":
         objects = read_features(job.needs)
         top = np.argsort(-objects.features, axis=1)[:, :job.config["topk"]]
-        classes = _imagenet_classes()
+        classes = imagenet_classes()
         items = [Item(caption=None if failed else imagenet_phrase([classes[c] for c in row]))
                  for row, failed in zip(top, objects.reason)]
         return items, objects.reason, objects.content_sha256
@@ -234,9 +235,6 @@ def _text_items(job, dataset):
     return [Item(caption=captions.get(i)) for i in dataset.item_ids()], None, None
 
 
-def _imagenet_classes() -> list[str]:
-    from .image_encoders import imagenet_classes   # lazy: torchvision, only for this bridge
-    return imagenet_classes()
 
 
 def _text_job(job, writer, dataset, config, encoder, progress) -> None:

@@ -132,3 +132,12 @@ def tiny_run(tiny_pipeline, tiny_encoder):
     runs = sorted((artifacts / "runs").iterdir())
     assert len(runs) == 1
     return runs[0]
+
+
+def one_line_error(result, *parts):
+    """Exit 1 with exactly one ``Error: ...`` line holding ``parts``, and no traceback."""
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    assert "Traceback" not in result.output
+    for part in parts:
+        assert part in result.output, result.output

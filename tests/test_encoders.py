@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.encoders import (REGISTRY, encoder_names, get_spec, load_encoder, resolve_encoder,
-                               weights_id)
+from pipeline.encoders import REGISTRY, encoder_names, get_spec, resolve_encoder, weights_id
 from pipeline.errors import MissingInput, UnknownEncoder
 from pipeline.images import DecodeSpec, decode_bytes
+from pipeline.loaders import load_encoder
 from tiny_models import gradient, jpeg_bytes, register_tiny_clip, tiny_bert
 
 COFFEE_CLASSES = {"espresso", "cup", "coffee mug", "coffeepot", "espresso maker"}

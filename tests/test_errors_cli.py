@@ -9,20 +9,12 @@ import cli
 from cli_common import config_values, option_of
 from pipeline.errors import (CacheMismatch, DataFormatError, InvalidConfig, MissingInput,
                              OutputError, writable_file, writable_folder)
-from tagger_fixtures import invoke, tiny_encoder, tiny_pipeline, tiny_run  # noqa: F401
+from tagger_fixtures import (invoke, one_line_error, tiny_encoder,  # noqa: F401
+                             tiny_pipeline, tiny_run)
 from trainer.config import TrainConfig, field_groups
 
 TRAIN, EXTRACT = cli.main.commands["train"], cli.main.commands["extract"]
 EVALUATE = cli.main.commands["evaluate"]
-
-
-def one_line_error(result, *parts):
-    """Exit 1 with exactly one ``Error: ...`` line holding ``parts``, and no traceback."""
-    assert result.exit_code == 1, result.output
-    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
-    assert "Traceback" not in result.output
-    for part in parts:
-        assert part in result.output, result.output
 
 
 def test_an_error_without_fix_fields_reads_as_before():

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import cli
 from conftest import TINY_KEY
 from pipeline import extract_passes
-from pipeline.encoders import load_encoder
+from pipeline.loaders import load_encoder
 from pipeline.errors import InvalidConfig
 from pipeline.extract import ExtractConfig, run_extract
 from pipeline.features import load_manifest, read_features
@@ -333,7 +333,6 @@ def test_the_benchmark_runs_small_on_cpu_with_every_row_it_can(tmp_path, capsys,
     batches = bench.jpeg_batches(paths, 2, "cpu")
     speeds = bench.bench_gpu_decode(batches, DecodeSpec(16), "cpu")
     assert sorted(speeds) == ["gpu_nvjpeg_bare", "gpu_nvjpeg_resize_each", "gpu_route"]
-    from pipeline.encoders import load_encoder
     assert bench.bench_shared_gpu(load_encoder("efficientnet-lite0:random", "cpu", "fp32"),
                                   batches, DecodeSpec(224), "cpu") > 0
     assert min(speeds.values()) > 0 and bench.bench_input_path(paths, DecodeSpec(16), 2, 0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.data import load_dataset
-from pipeline.encoders import load_encoder
+from pipeline.loaders import load_encoder
 from pipeline.extract import ExtractConfig, run_extract
 from pipeline.features import read_features
 from pipeline.producers import CaptionText, ImageViews, Item, LabelPhrase

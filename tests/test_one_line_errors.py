@@ -8,16 +8,8 @@ import shutil
 
 import pytest
 
-from tagger_fixtures import invoke, tiny_encoder, tiny_pipeline, tiny_run  # noqa: F401
-
-
-def one_line_error(result, *parts):
-    """Exit 1 with exactly one ``Error: ...`` line holding ``parts``, and no traceback."""
-    assert result.exit_code == 1, result.output
-    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
-    assert "Traceback" not in result.output
-    for part in parts:
-        assert part in result.output, result.output
+from tagger_fixtures import (invoke, one_line_error, tiny_encoder,  # noqa: F401
+                             tiny_pipeline, tiny_run)
 
 
 def test_stats_to_a_missing_folder_or_a_folder_is_one_line(tiny_dir, tmp_path):

@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.artifacts import atomic_path
 from pipeline.errors import InvalidConfig
 from pipeline.graphs import INTRA_VIEWS
 
@@ -224,7 +225,6 @@ class TrainConfig:
     def to_json(self, path=None) -> str:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
         if path is not None:
-            from pipeline.artifacts import atomic_path
             with atomic_path(path) as tmp:
                 Path(tmp).write_text(text)
         return text

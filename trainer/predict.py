@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data import image_path, image_refs, read_captions
-from pipeline.encoders import load_encoder
+from pipeline.loaders import load_encoder
 from pipeline.errors import InvalidConfig, MissingInput
 from pipeline.formats import check_types, read_examples
 from pipeline.images import image_problem

@@ -29,6 +29,7 @@ import torch
 from pipeline import runtime
 from pipeline.artifacts import environment, write_json
 from pipeline.distributed import Distributed
+from pipeline.encoders import load_text_backbone
 from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput
 from pipeline.outputs import write_predictions_file
 from pipeline.progress import no_progress
@@ -39,7 +40,7 @@ from .context import context_ids, tweet_words
 from .inputs import TrainInputs, load_inputs
 from .loop import Prepared, Split, evaluate, train
 from .metrics import format_table, mean_std
-from .model import Tagger, save_tagger
+from .model import Tagger, load_tagger, save_tagger
 from .pool import POOL_FILE, pool_from_inputs, run_inputs, write_pool
 
 
@@ -119,6 +120,7 @@ def node_table(inputs: TrainInputs, config: TrainConfig, device: torch.device):
 
 def plot_curve(path, history: list[dict]) -> None:
     """Train loss and valid F1 (both modes) per epoch, with matplotlib's Agg canvas."""
+    # matplotlib only when a curve is drawn: heavy to import, needed by no other path
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -167,8 +169,6 @@ def prepare(config: TrainConfig, inputs: TrainInputs, dist: Distributed | None =
     """Seed, load the encoder, build the tagger and encode the splits (no files written). In a
     group the rank's device is ``dist.device``; after the model is built each rank reseeds with
     ``seed + rank`` so that the ranks draw different dropout masks."""
-    from pipeline.encoders import load_text_backbone
-
     dist = dist or Distributed()
     seed_everything(config.seed, config.deterministic)
     device = torch.device(dist.device) if dist.active else resolve_device(config.device)
@@ -330,8 +330,6 @@ def evaluate_run(run_dir, split: str = "test", device: str = "auto", data_dir=No
     ``data_dir`` when given (the recorded folder moved), refused unless its content is the one
     the run was trained on.
     """
-    from .model import load_tagger
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise MissingInput("not a run folder (no config.json)", path=run_dir,
