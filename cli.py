@@ -3,7 +3,9 @@
 Thin by design: each command builds a config, calls one library function, shows progress and turns
 the library's typed errors into one-line messages (``--debug`` shows the traceback instead). What
 the commands share (options, progress bars, the wording of errors, the option <-> config mapping)
-is in ``cli_common.py``. An output that cannot be written is refused before any work.
+is in ``cli_common.py``. An output that cannot be written is refused before any work. Each
+command imports its own part of the library when it runs, so torch and the models load only for
+the commands that need them and ``--help``, ``--version`` and ``stats`` start at once.
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ def stats(data_dir, image_dir, captions, output):
 
     Example: python cli.py stats --data-dir ../shared/data/twitter2017
     """
+    # lazy: this command's part of the library only (see the module docstring)
     from pipeline.data import default_captions, default_image_dir, load_dataset
     from pipeline.stats import split_stats, table_path, write_table
 
@@ -107,6 +110,7 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
     """
     import logging
 
+    # lazy: this command's part of the library only (see the module docstring)
     from pipeline.data import default_captions, default_image_dir
     from pipeline.distributed import launched_rank
     from pipeline.extract import ExtractConfig, run_extract, summary_lines
@@ -184,6 +188,7 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, intra_view, 
 
     Example: python cli.py build-graphs --data-dir ../shared/data/twitter2017 --k 5
     """
+    # lazy: this command's part of the library only (see the module docstring)
     from pipeline.data import load_dataset
     from pipeline.diagnostics import plot_k_occurrence, report
     from pipeline.distributed import launched_rank
@@ -233,6 +238,7 @@ def train(config_file, seeds, quiet, **options):
     """
     from click.core import ParameterSource
 
+    # lazy: this command's part of the library only (see the module docstring)
     from pipeline.distributed import Distributed
     from trainer.config import TrainConfig
     from trainer.run import summary, train_seeds
@@ -283,6 +289,7 @@ def evaluate(run, split, data_dir, output, device, quiet):
 
     Example: python cli.py evaluate --run artifacts/runs/<id> --split test -o test.json
     """
+    # lazy: this command's part of the library only (see the module docstring)
     from pipeline.artifacts import write_json
     from trainer.metrics import format_table
     from trainer.run import evaluate_run
@@ -314,6 +321,7 @@ def ensemble(runs, split, output, device):
 
     Example: python cli.py ensemble --run artifacts/runs/<id1> --run artifacts/runs/<id2>
     """
+    # lazy: this command's part of the library only (see the module docstring)
     from trainer.ensemble import ensemble as run_ensemble, summary_lines
     from trainer.metrics import format_table
 
@@ -353,6 +361,7 @@ def predict(run, input_file, text, image, caption, captions, image_dir, output, 
 
     Example: python cli.py predict --run artifacts/runs/<id> --text "Obama visits Paris"
     """
+    # lazy: this command's part of the library only (see the module docstring)
     from pipeline.artifacts import atomic_path
     from pipeline.outputs import format_of
     from trainer.metrics import format_table

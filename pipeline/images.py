@@ -137,11 +137,6 @@ def read_file(path: Path | None) -> tuple[bytes | None, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def image_problem(path) -> str:
-    """"" when ``path`` holds a decodable image, else why not (as ``extract`` records it)."""
-    return decode_file(Path(path), DecodeSpec())[1]
-
-
 def decode_file(path: Path | None, spec: DecodeSpec) -> tuple[torch.Tensor | None, str, str]:
     """(pixels or None, reason, sha256 of the bytes) for one image file."""
     data, sha = read_file(path)

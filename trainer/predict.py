@@ -23,7 +23,7 @@ from pipeline.data import image_path, image_refs, read_captions
 from pipeline.loaders import load_encoder
 from pipeline.errors import InvalidConfig, MissingInput
 from pipeline.formats import check_types, read_examples
-from pipeline.images import image_problem
+from pipeline.images import DecodeSpec, decode_file
 from pipeline.labels import LabelSet
 from pipeline.outputs import gold_tags, write_predictions as write_outputs
 from pipeline.producers import CaptionText, ImageViews, Item, LabelPhrase, text_producer
@@ -74,7 +74,9 @@ def text_example(text: str, caption: str | None = None, image=None) -> Example:
 def image_notes(examples: list[Example]) -> tuple[list[str], dict[int, str]]:
     """Notes on the given images that cannot be used (empty, not an image, truncated), and the
     reason per example index: such an example is tagged without its image, never silently."""
-    reasons = {i: image_problem(e.image) for i, e in enumerate(examples) if e.image is not None}
+    # "" when the image decodes, else why not (the reason extract records)
+    reasons = {i: decode_file(Path(e.image), DecodeSpec())[1] for i, e in enumerate(examples)
+               if e.image is not None}
     reasons = {i: r for i, r in reasons.items() if r}
     notes = [f"{examples[i].item_id}: image {examples[i].image} is not usable ({reason}); "
              "tagged without it" for i, reason in reasons.items()]
