@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 
 import h5py
 import numpy as np
@@ -18,31 +16,10 @@ from pipeline.extract import ExtractConfig, run_extract
 from pipeline.feature_shards import ShardWriter, shard_path
 from pipeline.features import file_path, read_features
 from pipeline.store import decode_attrs
-from test_extract import IMAGES
-from tiny_models import odd_images, tiny_bert
+from test_distributed import free_port
+from test_extract import IMAGES, bert, image_dir  # noqa: F401 (fixtures)
 
 WORLD = 2
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory):
-    return str(tiny_bert(tmp_path_factory.mktemp("models") / "bert"))
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    odd = tmp_path_factory.mktemp("odd")
-    odd_images(odd)
-    folder = tmp_path_factory.mktemp("images")
-    for item_id, name in IMAGES.items():
-        shutil.copy(odd / name, folder / f"{item_id}{name[name.rindex('.'):]}")
-    return folder
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rank_main(rank: int, port: int, options: dict, out: str) -> None:

@@ -20,16 +20,14 @@ from pathlib import Path
 import torch
 
 from pipeline.artifacts import atomic_path
-from pipeline.errors import CacheMismatch, InvalidConfig, MissingInput
+from pipeline.errors import InvalidConfig, MissingInput
 from pipeline.runtime import autocast
 
 from .config import TrainConfig
 from .crf import viterbi
-from .inputs import inputs_from_record
 from .loop import eval_loader
 from .metrics import mean_std, score
-from .model import load_tagger
-from .run import make_splits, node_table, resolve_device
+from .run import load_saved_split
 
 MAY_DIFFER = ("seed", "slug", "device", "checkpoint")   # settings members may differ in
 
@@ -131,23 +129,13 @@ def average(members: list[Member]):
 
 def load_member(run_dir: Path, split: str, device: str):
     """A run's ``Member`` on ``split``, plus the split's gold tags, word counts and type names."""
-    config = TrainConfig.from_json(run_dir / "config.json")
-    inputs = inputs_from_record(run_dir, config)
-    if split not in inputs.dataset.splits:
-        raise InvalidConfig(f"unknown split {split!r}; use one of "
-                            f"{', '.join(inputs.dataset.splits)}")
-    torch_device = resolve_device(device)
-    model, tokenizer, meta = load_tagger(run_dir, torch_device)
-    if model.node_shape and tuple(inputs.image.node_shape) != model.node_shape:
-        raise CacheMismatch(f"{run_dir}: the model expects node features of shape "
-                            f"{list(model.node_shape)}, the recorded files give "
-                            f"{list(inputs.image.node_shape)}")
-    part = make_splits(inputs, tokenizer, config, meta["label2id"], only=split)[split]
-    emissions = split_emissions(model, part, torch_device, node_table(inputs, config, torch_device),
+    saved = load_saved_split(run_dir, split, device)
+    config, model, part = saved.config, saved.model, saved.split
+    emissions = split_emissions(model, part, saved.device, saved.table,
                                 config.optim.eval_batch_size, config.precision)
     member = Member(run_dir, config.seed, list(model.labels), emissions, potentials(model))
     n_words = [int(n) for n in part.encoded.n_words]
-    return member, part.gold, n_words, inputs.dataset.type_names
+    return member, part.gold, n_words, saved.inputs.dataset.type_names
 
 
 def ensemble(run_dirs, split: str = "test", device: str = "auto") -> EnsembleResult:

@@ -321,15 +321,24 @@ def summary(results: list[RunResult], split: str = "test") -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(run_dir, split: str = "test", device: str = "auto", data_dir=None,
-                 progress=no_progress):
-    """Re-score a saved run on ``split`` from its folder alone: ``(Evaluation, run config)``.
+@dataclass
+class SavedSplit:
+    """A saved run loaded for one split: its config, inputs, model, device, the split ready for
+    the loop and the node table (what ``evaluate_run`` and ``trainer.ensemble`` both need)."""
 
-    The model loads from safetensors + JSON; the node table, neighbours and context from the
-    run's ``pool.h5`` (older runs: the recorded files, refused when changed); the data from
-    ``data_dir`` when given (the recorded folder moved), refused unless its content is the one
-    the run was trained on.
-    """
+    config: TrainConfig
+    inputs: TrainInputs
+    model: Tagger
+    device: torch.device
+    split: Split
+    table: object
+
+
+def load_saved_split(run_dir, split: str, device: str = "auto", data_dir=None) -> SavedSplit:
+    """Load a saved run from its folder alone for ``split``. The model loads from safetensors +
+    JSON; the node table, neighbours and context from the run's ``pool.h5`` (older runs: the
+    recorded files, refused when changed); the data from ``data_dir`` when given (the recorded
+    folder moved), refused unless its content is the one the run was trained on."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise MissingInput("not a run folder (no config.json)", path=run_dir,
@@ -345,8 +354,18 @@ def evaluate_run(run_dir, split: str = "test", device: str = "auto", data_dir=No
         raise CacheMismatch(f"{run_dir}: the model expects node features of shape "
                             f"{list(model.node_shape)}, the recorded files give "
                             f"{list(inputs.image.node_shape)}")
-    splits = make_splits(inputs, tokenizer, config, meta["label2id"], only=split)
-    result = evaluate(model, splits[split], torch_device, node_table(inputs, config, torch_device),
-                      config.optim.eval_batch_size, config.precision, inputs.dataset.type_names,
-                      progress)
+    part = make_splits(inputs, tokenizer, config, meta["label2id"], only=split)[split]
+    return SavedSplit(config, inputs, model, torch_device, part,
+                      node_table(inputs, config, torch_device))
+
+
+def evaluate_run(run_dir, split: str = "test", device: str = "auto", data_dir=None,
+                 progress=no_progress):
+    """Re-score a saved run on ``split`` from its folder alone (``load_saved_split``):
+    ``(Evaluation, run config)``."""
+    saved = load_saved_split(run_dir, split, device, data_dir)
+    config = saved.config
+    result = evaluate(saved.model, saved.split, saved.device, saved.table,
+                      config.optim.eval_batch_size, config.precision,
+                      saved.inputs.dataset.type_names, progress)
     return result, config
