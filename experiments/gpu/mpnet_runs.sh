@@ -11,7 +11,13 @@
 # Env: SEEDS, DATASETS, ROWS (regex over row names), PAR, DEADLINE (s after which nothing new
 # starts), EPOCHS and LR (encoder; the trainer's defaults when unset; the MPNet runs of
 # 2026-12-02 used EPOCHS=10 LR=5e-5), ENC (the text encoder folder; MiniLM: ENC=$W/carry/models/
-# minilm-l6-fp16, carried as .carry/models/minilm-l6-fp16, no `join`).
+# minilm-l6-fp16, carried as .carry/models/minilm-l6-fp16, no `join`), JOBS (a file of
+# "dataset row seed" lines to run instead of every row x SEEDS x DATASETS).
+# Rows named *-gpt4 read $W/art-gpt4: TWITTER-2017 features and graphs built from the GPT-4
+# descriptions (image_text/twitter2017/deqa-gpt4-descriptions.jsonl.gz) instead of BLIP-2.
+# `start` launches `runs` in its own process session (it outlives the call while the machine
+# stays warm); `poll` waits up to POLL seconds for it, prints progress and collects what finished:
+# issue the next call at once (30 s idle releases the machine and kills the runs).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 W=/root/mner; mkdir -p $W/logs $W/carry
@@ -43,6 +49,12 @@ prepare() {
             --relation intra --intra-view image_global --no-import-rgcn --device cuda --quiet \
             2>&1 | tail -n 3
     done
+    local gpt4=$W/data/shared/data/image_text/twitter2017/deqa-gpt4-descriptions.jsonl.gz
+    local ds=$W/data/shared/data/twitter2017
+    python3 cli.py extract --data-dir $ds --artifacts $W/art-gpt4 --captions $gpt4 \
+        --text-encoder $ENC --device cuda --quiet 2>&1 | tail -n 12
+    python3 cli.py build-graphs --data-dir $ds --artifacts $W/art-gpt4 --device cuda --quiet \
+        2>&1 | tail -n 6
 }
 jobs() {   # dataset row seed flags... (ROWS: a regex over the row names)
     for seed in $SEEDS; do for ds in ${DATASETS:-twitter2015 twitter2017}; do
@@ -54,25 +66,45 @@ jobs() {   # dataset row seed flags... (ROWS: a regex over the row names)
         [ -n "$mg" ] && echo "$ds ctx-images-k5-minilm-graph $seed --text-only $CTX --context-graph $mg"
         echo "$ds full-intra-text $seed --intra-view image_global"
         echo "$ds ctx-labels-k5 $seed --text-only $CTX --context-labels"
+        [ $ds = twitter2017 ] && echo "$ds full-gpt4 $seed"
     done; done | awk -v r="${ROWS:-.}" '$2 ~ r'
+}
+listed() {   # the jobs of JOBS ("dataset row seed" per line) with their flags, in that order
+    jobs > $W/all-jobs
+    while read -r ds row seed; do
+        grep -m1 "^$ds $row $seed " $W/all-jobs || grep -m1 -x "$ds $row $seed" $W/all-jobs
+    done < $JOBS
 }
 one() {
     local ds=$1 row=$2 seed=$3; shift 3
-    local slug=$ds-$row-s$seed
-    ls -d $W/art/runs/*-$slug 2>/dev/null | grep -qv '\.tmp$' && return 0
+    local slug=$ds-$row-s$seed art=$W/art
+    [[ $row == *gpt4* ]] && art=$W/art-gpt4
+    ls -d $art/runs/*-$slug 2>/dev/null | grep -qv '\.tmp$' && return 0
     [ "$(date +%s)" -gt "$DEADLINE_AT" ] && return 0
-    rm -rf $W/art/runs/*-$slug.tmp
-    python3 cli.py train --data-dir $W/data/shared/data/$ds --artifacts $W/art --encoder $ENC \
+    rm -rf $art/runs/*-$slug.tmp
+    python3 cli.py train --data-dir $W/data/shared/data/$ds --artifacts $art --encoder $ENC \
         "$@" --seeds $seed --slug $slug $TRAIN_ARGS > $W/logs/$slug.log 2>&1
     echo "$slug rc=$? $(grep -o 'F1 [0-9.]*' $W/logs/$slug.log | tail -n1) s=$SECONDS"
 }
 runs() {
     export -f one; export W ENC TRAIN_ARGS DEADLINE_AT
-    jobs | xargs -P $PAR -L 1 bash -c 'one "$@"' _
+    if [ -n "${JOBS:-}" ]; then listed; else jobs; fi | xargs -P $PAR -L 1 bash -c 'one "$@"' _
+}
+start() {
+    setsid nohup bash "$0" runs > $W/logs/runs.out 2>&1 < /dev/null &
+    echo $! > $W/runs.pid
+}
+poll() {
+    local until=$(( SECONDS + ${POLL:-540} ))
+    while kill -0 "$(cat $W/runs.pid)" 2>/dev/null && [ $SECONDS -lt $until ]; do sleep 10; done
+    cat $W/logs/runs.out; ls $W/art/runs $W/art-gpt4/runs 2>/dev/null | grep -c tmp
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    collect
 }
 collect() {
     (cd $W && tar czf $OUT/mpnet-runs.tgz --exclude='*.safetensors' --exclude='*.conll' \
-        --exclude='*.png' art/runs logs art/graphs/*/manifest.json) 2>/dev/null
-    ls $W/art/runs | grep -vc tmp
+        --exclude='*.png' --exclude='*.tmp' art/runs art-gpt4/runs logs \
+        art/graphs/*/manifest.json art-gpt4/graphs/*/manifest.json) 2>/dev/null
+    ls $W/art/runs $W/art-gpt4/runs 2>/dev/null | grep -v tmp | grep -c s[0-9]
 }
 for stage in "$@"; do "$stage"; done
