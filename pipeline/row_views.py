@@ -28,10 +28,10 @@ def check_table(dataset, path, view: str) -> None:
                         "need one vector per item", path=path, value=tuple(dataset.shape))
 
 
-def usable_rows(dataset, valid, rows: int = POOL_ROWS) -> np.ndarray:
+def usable_rows(dataset, valid, rows: int | None = None) -> np.ndarray:
     """Per file row: ``valid`` and a finite, non-zero float32 norm (one pass, ``rows`` at a
-    time): the rows ``FileRows`` returns as unit vectors."""
-    ok = np.asarray(valid, bool).copy()
+    time, default ``POOL_ROWS``): the rows ``FileRows`` returns as unit vectors."""
+    ok, rows = np.asarray(valid, bool).copy(), rows or POOL_ROWS
     for first in range(0, len(ok), rows):
         norms = np.linalg.norm(np.asarray(dataset[first:first + rows], np.float32), axis=1)
         ok[first:first + rows] &= (norms > 0) & np.isfinite(norms)
