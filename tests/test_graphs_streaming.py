@@ -6,6 +6,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+import torch
 
 import pipeline.graph_rank as graph_rank
 import pipeline.graphs as graphs
@@ -127,3 +128,15 @@ def test_file_rows_read_increasing_rows_and_put_them_back(tmp_path):
                                                             [[2, 3], [4, 5]]]))
         with pytest.raises(TypeError):
             view[[0, 1]]
+
+
+@pytest.mark.parametrize("k", [1, 3, 8, 12])
+def test_block_topk_is_a_stable_sort_of_the_scores_with_or_without_ties(k):
+    from pipeline.sharded_search import _block_topk
+
+    rng = np.random.default_rng(k)
+    S = torch.from_numpy(rng.integers(0, 4, size=(40, 12)).astype(np.float32))   # massive ties
+    S[:20] += torch.from_numpy(rng.random((20, 12), dtype=np.float32))           # rows without
+    D, I = _block_topk(S, k)
+    expected = torch.sort(-S, dim=1, stable=True).indices[:, :k]
+    assert torch.equal(I, expected) and torch.equal(D, torch.gather(S, 1, expected))
