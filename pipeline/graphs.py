@@ -62,10 +62,10 @@ from .distributed import Distributed
 from .errors import InvalidConfig, MissingInput, MnerError, SpaceMismatch
 from .features import load_manifest, read_feature_rows, read_features
 from .graph_import import import_rgcn
+from .graph_rank import TIE_DIMS, TIE_SCALE, rank, rank_streamed, streams
 from .graph_store import (BuildResult, Graph, graph_path, load_graph_manifest, read_graph,
                           reusable, update_graph_manifest, write_graph)
 from .progress import no_progress
-from .graph_rank import TIE_DIMS, TIE_SCALE, rank, rank_streamed, streams
 from .row_views import FileRows, check_table, usable_rows
 from .search import APPROX, BACKENDS, same_item_pairs, search
 
@@ -229,12 +229,12 @@ def _content_hashes(fs) -> dict[str, str]:
 def _usable(view: _View, ids: list[str]):
     """File rows of ``ids``, which have a usable vector (valid, finite, non-zero; checked once
     per file, block by block) and why the others have none."""
-    check_table(view.features.features, view.path, view.name)
-    if view.ok is None:
-        view.ok = usable_rows(view.features.features, view.features.valid)
-    rows = view.features.row_numbers(ids)
-    ok = view.ok[rows]
     fs = view.features
+    check_table(fs.features, view.path, view.name)
+    if view.ok is None:
+        view.ok = usable_rows(fs.features, fs.valid)
+    rows = fs.row_numbers(ids)
+    ok = view.ok[rows]
     reasons = ["" if good else f"{view.name}: " + (fs.reason[r] if not fs.valid[r]
                                                     else "all-zero vector")
                for r, good in zip(rows, ok)]
@@ -250,6 +250,26 @@ def _fingerprint(relation, dataset: Dataset, pool_ids, inputs, config: GraphConf
     if views != VIEWS[relation]:      # only then: the fixed views' graphs keep their fingerprint
         payload["views"] = list(views)
     return fingerprint(payload)
+
+
+def _neighbours(qv: _View, bv: _View, queries: list[str], live, pool_ids: list[str], q_rows,
+                b_rows, config: GraphConfig, *, progress, info: dict, dist):
+    """``(D, I)`` (len(queries), k): the usable queries ``live`` (file rows ``q_rows`` of
+    ``qv``) against the usable pool (``b_rows`` of ``bv``), the own item and exact duplicates
+    excluded; -1 / nan for the others. Streamed where the search is the sharded one."""
+    sha = {**bv.sha, **qv.sha}
+    exclude = same_item_pairs([(queries[r], sha.get(queries[r], "")) for r in live],
+                              [(item, sha.get(item, "")) for item in pool_ids])
+    xq, xb = FileRows(qv.features.features, q_rows, qv.ok), FileRows(bv.features.features,
+                                                                     b_rows, bv.ok)
+    if streams(config, dist):       # row views, read a block at a time
+        D_live, I_live = rank_streamed(xq, xb, exclude, config, progress, info, dist)
+    else:                           # search's backends take whole arrays
+        D_live, I_live = rank(xq[:], xb[:], exclude, config, progress, info, dist)
+    I = np.full((len(queries), config.k), -1, np.int64)
+    D = np.full((len(queries), config.k), np.nan, np.float32)
+    I[live], D[live] = I_live, D_live
+    return D, I
 
 
 def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], artifacts,
@@ -281,20 +301,10 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
     if not pool_ids:
         raise MnerError(f"{bv.path}: no usable '{bv.name}' vector in the {config.pool} pool; "
                         "check the extract output")
-    sha = {**bv.sha, **qv.sha}
-    live = np.nonzero(q_ok)[0]
-    exclude = same_item_pairs([(queries[r], sha.get(queries[r], "")) for r in live],
-                              [(item, sha.get(item, "")) for item in pool_ids])
     info: dict = {}
-    xq = FileRows(qv.features.features, q_rows[live], qv.ok)
-    xb = FileRows(bv.features.features, b_rows[b_ok], bv.ok)
-    if stream:          # row views, read a block at a time
-        D_live, I_live = rank_streamed(xq, xb, exclude, config, progress, info, dist)
-    else:               # search's backends take whole arrays
-        D_live, I_live = rank(xq[:], xb[:], exclude, config, progress, info, dist)
-    I = np.full((len(queries), config.k), -1, np.int64)
-    D = np.full((len(queries), config.k), np.nan, np.float32)
-    I[live], D[live] = I_live, D_live
+    live = np.nonzero(q_ok)[0]
+    D, I = _neighbours(qv, bv, queries, live, pool_ids, q_rows[live], b_rows[b_ok], config,
+                       progress=progress, info=info, dist=dist)
     notes = [f"{len(live)}/{len(queries)} queries searched, {len(queries) - len(live)} flagged; "
              f"pool {len(pool_ids)} images ({len(candidates) - len(pool_ids)} left out: invalid "
              f"or all-zero); backend {info.get('backend')}"]

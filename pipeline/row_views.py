@@ -24,8 +24,8 @@ SPAN = 8                # read a slice's file span in pieces when it is at most 
 def check_table(dataset, path, view: str) -> None:
     """Graphs need one vector per item: a (n, d) table, not (n, R, d) region grids."""
     if len(dataset.shape) != 2:
-        raise MnerError(f"{path}: '{view}' features have shape {tuple(dataset.shape)}; graphs "
-                        "need one vector per item", path=path, value=tuple(dataset.shape))
+        raise MnerError(f"'{view}' features have shape {tuple(dataset.shape)}; graphs need one "
+                        "vector per item", path=path, value=tuple(dataset.shape))
 
 
 def usable_rows(dataset, valid, rows: int | None = None) -> np.ndarray:
