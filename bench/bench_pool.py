@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.machine import machine  # noqa: E402
 
+from pipeline.search import load_faiss  # noqa: E402
+
 PATHS = {"streamed": dict(ties="index"), "in-memory": dict(ties="index"),
          "default": dict(ties="random"), "default-streamed": dict(ties="random")}
 BASE = {"streamed": "in-memory", "default-streamed": "default"}   # path: its same-run baseline
@@ -175,7 +177,9 @@ def main(argv=None) -> int:
         return 0
     args.paths = ["in-memory", "streamed"] + (["default", "default-streamed"]
                                               if args.default_path else [])
-    info = {**machine(args.device), "h5py": __import__("h5py").__version__}
+    faiss = load_faiss()
+    info = {**machine(args.device), "h5py": __import__("h5py").__version__,
+            "faiss": getattr(faiss, "__version__", None) if faiss else None}
     print(f"machine: {info}", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         rows = [row for n in map(int, args.sizes.split(",")) for row in
