@@ -31,11 +31,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.machine import machine  # noqa: E402
 
+import pipeline.graph_rank as graph_rank  # noqa: E402
+import pipeline.graphs as graphs  # noqa: E402
+from pipeline.data import Dataset  # noqa: E402
+from pipeline.features import FeatureWriter  # noqa: E402
+from pipeline.formats import Tweet  # noqa: E402
 from pipeline.search import load_faiss  # noqa: E402
 
 PATHS = {"streamed": dict(ties="index"), "in-memory": dict(ties="index"),
@@ -46,8 +52,6 @@ BLOCK = 16384    # rows per write of the synthetic files
 
 def write_pool(folder: Path, n: int, dim: int, seed: int) -> list[Path]:
     """``text.h5`` and ``image.h5``: n float16 unit vectors each, written a block at a time."""
-    from pipeline.features import FeatureWriter
-
     ids, files = [f"{i:09d}" for i in range(n)], []
     for s, (view, name) in enumerate([("text", "text.h5"), ("image_global", "image.h5")]):
         attrs = {"view": view, "space": "sentence:bench", "source": "bench",
@@ -63,10 +67,8 @@ def write_pool(folder: Path, n: int, dim: int, seed: int) -> list[Path]:
     return files
 
 
-def dataset(n: int, folder: Path):
-    from pipeline.data import Dataset
-    from pipeline.formats import Tweet
-
+def dataset(n: int, folder: Path) -> Dataset:
+    """n one-token tweets, all in train: every item a query and in the pool."""
     tweets = [Tweet(f"{i:09d}", ("x",), split="train") for i in range(n)]
     return Dataset("pool", folder, {"train": tweets, "valid": [], "test": []})
 
@@ -77,11 +79,6 @@ def peak_mb() -> float:
 
 def child(args) -> None:
     """One build in this process; prints its JSON record."""
-    import torch
-
-    import pipeline.graph_rank as graph_rank
-    import pipeline.graphs as graphs
-
     if args.child in ("in-memory", "default-streamed"):    # build-graphs' own switch, forced
         stream = args.child == "default-streamed"
         for module in (graphs, graph_rank) if stream else (graphs,):
@@ -115,9 +112,7 @@ def run_child(path: str, n: int, folder: Path, args) -> dict:
 def compare(row: dict, base: dict) -> None:
     """Against the baseline's run: time and memory ratios, share of equal neighbours (``I``),
     largest cosine difference."""
-    from pipeline.graphs import read_graph
-
-    a, b = read_graph(base["graph"]), read_graph(row["graph"])
+    a, b = graphs.read_graph(base["graph"]), graphs.read_graph(row["graph"])
     row.update(same_I=float((a.I == b.I).mean()), max_abs_dD=float(np.nanmax(np.abs(a.D - b.D))),
                time_ratio=row["seconds"] / base["seconds"],
                peak_rss_ratio=row["peak_rss_mb"] / base["peak_rss_mb"],
