@@ -60,13 +60,17 @@ class FeatureSet:
 
     def rows(self, ids) -> tuple[np.ndarray, np.ndarray]:
         """Features and valid flags of ``ids``, in that order (joined by item id)."""
+        index = self.row_numbers(ids)
+        return self.features[index], self.valid[index]
+
+    def row_numbers(self, ids) -> np.ndarray:
+        """The file rows of ``ids``, in that order."""
         try:
-            index = np.array([self._index[i] for i in ids], dtype=np.int64)
+            return np.array([self._index[i] for i in ids], dtype=np.int64)
         except KeyError as err:
             raise MnerError(f"item {err.args[0]} is not in this feature file (made for "
                             f"{self.attrs.get('dataset')})", path=self.path, value=err.args[0],
                             rerun="extract") from None
-        return self.features[index], self.valid[index]
 
 
 def file_path(artifacts, key: str, view: str, fingerprint: str) -> Path:
@@ -121,7 +125,7 @@ def read_feature_rows(path) -> FeatureSet:
 class FeatureRows:
     """The ``features`` dataset of a feature file, read by rows: ``rows(index)`` for sorted,
     distinct row numbers returns those rows in the stored dtype (float16 or float32); ``[index]``
-    takes any row numbers. The file stays open between reads (reopened after pickling).
+    takes any row numbers, or a slice. The file stays open between reads (reopened after pickling).
     ``np.asarray(rows)`` reads it all, block by block, as float32."""
 
     BLOCK = 4096   # rows per read when the whole table is asked for
@@ -149,6 +153,8 @@ class FeatureRows:
         return self._dataset()[index]
 
     def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):            # a stretch of rows, read as one slice
+            return self._dataset()[index]
         wanted, inverse = np.unique(np.asarray(index, dtype=np.int64), return_inverse=True)
         return self.rows(wanted)[inverse.reshape(np.shape(index))]
 

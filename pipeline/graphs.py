@@ -33,13 +33,23 @@ Under ``torchrun`` (pipeline/distributed.py) the exact search is shared: each ra
 blocks of the pool, the ranks merge their top-k (``sharded_search``), rank 0 writes the files; the
 files are the ones one process writes (same fingerprints, same neighbours).
 
+Memory: where the search is ``sharded_search`` (under ``torchrun``, or ``ties="index"``:
+``graph_rank.streams``) build-graphs streams. The feature files are read by rows
+(``read_feature_rows``): a validity pass per file, then blocks of queries and of the pool through
+row views (``row_views.FileRows``, CSLS and tie columns appended per block); the cosine of the
+chosen pairs comes from the search's own scores (``graph_rank.rank_streamed``). Nothing holds a
+whole feature table; what stays is per-row bookkeeping (ids, masks, reasons, ``D``, ``I``, the
+16 tie columns) and ``sharded_search``'s pool shard on its device (a rank's share of the
+normalised pool, float32; on the CPU that is host memory). Otherwise (one process, ``ties="random"``
+or an approximate index) the faiss / torch backends of ``search`` take whole arrays: the views
+are read whole (``graph_rank.rank``).
+
 The authors' published lists are imported into the same format by ``graph_import.import_rgcn``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,17 +60,17 @@ from .artifacts import fingerprint, ids_fingerprint
 from .data import Dataset
 from .distributed import Distributed
 from .errors import InvalidConfig, MissingInput, MnerError, SpaceMismatch
-from .features import load_manifest, read_features
+from .features import load_manifest, read_feature_rows, read_features
 from .graph_import import import_rgcn
+from .graph_rank import TIE_DIMS, TIE_SCALE, rank, rank_streamed, streams
 from .graph_store import (BuildResult, Graph, graph_path, load_graph_manifest, read_graph,
                           reusable, update_graph_manifest, write_graph)
 from .progress import no_progress
-from .runtime import resolve_device
-from .sharded_search import sharded_search
-from .search import APPROX, BACKENDS, estimate_recall, same_item_pairs, search
+from .row_views import FileRows, check_table, usable_rows
+from .search import APPROX, BACKENDS, same_item_pairs, search
 
 __all__ = ["GraphConfig", "BuildResult", "build_graphs", "resolve_features", "read_graph",
-           "load_graph_manifest", "search", "Graph"]
+           "load_graph_manifest", "search", "Graph", "TIE_SCALE", "TIE_DIMS"]
 
 FORMAT_VERSION = 1
 RELATIONS = ("inter", "intra", "text")
@@ -71,8 +81,6 @@ INTRA_VIEWS = ("object_types", "image_global")     # what the intra graph compar
 POOLS = {"all": ("train", "valid", "test"), "train": ("train",)}
 HUBNESS = ("none", "csls")
 TIES = ("random", "index")
-TIE_SCALE = 1e-5     # largest change a tie-break may make to a score
-TIE_DIMS = 16
 
 
 def _check(condition: bool, message: str) -> None:
@@ -184,17 +192,19 @@ class _View:
     features: object            # FeatureSet
     sha: dict[str, str]
     inputs: dict                # the feature file's recorded data inputs
+    ok: np.ndarray | None = None    # per file row: a usable vector (``_usable``)
 
 
 def _load_view(views: dict[str, Path], name: str, dataset: Dataset, artifacts,
-               cache: dict) -> _View:
-    """A view's features, refused when its recorded inputs differ from the dataset's content."""
+               cache: dict, stream: bool) -> _View:
+    """A view's features, refused when its recorded inputs differ from the dataset's content;
+    with ``stream`` the vectors stay in the file (read by rows), else they are read whole."""
     if name not in views:
         raise MissingInput(f"no '{name}' features for {dataset.name} (have: "
                            f"{', '.join(sorted(views)) or 'none'})", value=name, rerun="extract",
                            stage="build-graphs")
     if name not in cache:
-        fs = read_features(views[name])
+        fs = (read_feature_rows if stream else read_features)(views[name])
         recorded = fs.attrs.get("inputs") or {}
         store.check_inputs(recorded, store.CurrentInputs(dataset, artifacts), path=views[name],
                            stage="build-graphs", rerun="extract")
@@ -217,78 +227,18 @@ def _content_hashes(fs) -> dict[str, str]:
 
 
 def _usable(view: _View, ids: list[str]):
-    """Normalised vectors, which rows are usable, and why the others are not."""
-    X, valid = view.features.rows(ids)
-    X = np.asarray(X, dtype=np.float32)
-    if X.ndim != 2:
-        raise MnerError(f"{view.path}: '{view.name}' features have shape {X.shape}; graphs need "
-                        "one vector per item")
-    norms = np.linalg.norm(X, axis=1)
-    ok = np.asarray(valid, bool) & (norms > 0) & np.isfinite(norms)
-    X = np.where(ok[:, None], X / np.where(ok, norms, 1)[:, None], 0).astype(np.float32)
-    row = {item: r for r, item in enumerate(view.features.item_ids)}
-    reasons = ["" if good else f"{view.name}: " + (view.features.reason[row[item]] if not v
+    """File rows of ``ids``, which have a usable vector (valid, finite, non-zero; checked once
+    per file, block by block) and why the others have none."""
+    fs = view.features
+    check_table(fs.features, view.path, view.name)
+    if view.ok is None:
+        view.ok = usable_rows(fs.features, fs.valid)
+    rows = fs.row_numbers(ids)
+    ok = view.ok[rows]
+    reasons = ["" if good else f"{view.name}: " + (fs.reason[r] if not fs.valid[r]
                                                     else "all-zero vector")
-               for item, good, v in zip(ids, ok, valid)]
-    return X, ok, reasons
-
-
-def _row_means(D) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nan_to_num(np.nanmean(D, axis=1))
-
-
-def _tie_columns(n: int, m: int, seed: int):
-    """Extra columns whose inner products add a pseudo-random amount in [-TIE_SCALE, TIE_SCALE]
-    to every (query, pool) score: exact ties are broken per pair instead of by pool order."""
-    rng = np.random.default_rng(seed)
-    r = rng.standard_normal((n + m, TIE_DIMS)).astype(np.float32)
-    r *= np.float32(np.sqrt(TIE_SCALE)) / np.linalg.norm(r, axis=1, keepdims=True)
-    return r[:n], r[n:]
-
-
-def _exact_search(config: GraphConfig, dist):
-    """The exact top-k the graph uses: the ranks' sharded search (pipeline/sharded_search.py)
-    in a group, and for ``ties="index"`` (a tie goes to the lower pool row, however many ranks);
-    else ``search`` with the configured backend. All are exact: same neighbours on tie-free data."""
-    if config.approx is None and (dist.active or config.ties == "index"):
-        device = dist.device if dist.active else resolve_device(config.device)
-
-        def sharded(xq, xb, k, exclude=None, info=None, progress=no_progress):
-            if info is not None:
-                info["backend"] = f"sharded exact ({dist.world} rank(s), {device})"
-            return sharded_search(xq, xb, k, dist=dist, exclude=exclude, device=device,
-                                  progress=progress)
-        return sharded
-
-    def plain(xq, xb, k, exclude=None, info=None, progress=no_progress):
-        return search(xq, xb, k, exclude=exclude, info=info, backend=config.backend,
-                      device=config.device, approx=config.approx, progress=progress)
-    return plain
-
-
-def _rank(xq, xb, exclude, config: GraphConfig, progress, info: dict, dist):
-    """``(D, I)``: cosine scores and pool rows of the top-k, ranked by cosine or CSLS."""
-    top = _exact_search(config, dist)
-    aq, ab = xq, xb
-    if config.hubness == "csls":
-        r_q = _row_means(top(xq, xb, config.csls_k, exclude=exclude, progress=progress)[0])
-        r_b = _row_means(top(xb, xq, config.csls_k, exclude=exclude[::-1],
-                             progress=progress)[0])
-        info["csls"] = {"r_q_mean": float(r_q.mean()), "r_b_mean": float(r_b.mean())}
-        aq = np.hstack([2 * xq, -np.ones((len(xq), 1), np.float32)])
-        ab = np.hstack([xb, r_b[:, None].astype(np.float32)])
-    if config.ties == "random":
-        tq, tb = _tie_columns(len(xq), len(xb), config.seed)
-        aq, ab = np.hstack([aq, tq]), np.hstack([ab, tb])
-    _, I = top(aq, ab, config.k, exclude=exclude, info=info, progress=progress)
-    if config.approx:
-        info["recall_at_k"] = estimate_recall(
-            aq, ab, I, config.k, exclude=exclude, sample=config.recall_sample,
-            backend="faiss" if config.backend == "auto" else config.backend, device=config.device)
-    D = np.einsum("nd,nkd->nk", xq, xb[np.maximum(I, 0)])
-    return np.where(I >= 0, D, np.nan).astype(np.float32), I
+               for r, good in zip(rows, ok)]
+    return rows, ok, reasons
 
 
 def _fingerprint(relation, dataset: Dataset, pool_ids, inputs, config: GraphConfig,
@@ -302,14 +252,36 @@ def _fingerprint(relation, dataset: Dataset, pool_ids, inputs, config: GraphConf
     return fingerprint(payload)
 
 
+def _neighbours(qv: _View, bv: _View, queries: list[str], live, pool_ids: list[str], q_rows,
+                b_rows, config: GraphConfig, *, progress, info: dict, dist):
+    """``(D, I)`` (len(queries), k): the usable queries ``live`` (file rows ``q_rows`` of
+    ``qv``) against the usable pool (``b_rows`` of ``bv``), the own item and exact duplicates
+    excluded; -1 / nan for the others. Streamed where the search is the sharded one."""
+    sha = {**bv.sha, **qv.sha}
+    exclude = same_item_pairs([(queries[r], sha.get(queries[r], "")) for r in live],
+                              [(item, sha.get(item, "")) for item in pool_ids])
+    xq, xb = FileRows(qv.features.features, q_rows, qv.ok), FileRows(bv.features.features,
+                                                                     b_rows, bv.ok)
+    if streams(config, dist):       # row views, read a block at a time
+        D_live, I_live = rank_streamed(xq, xb, exclude, config, progress, info, dist)
+    else:                           # search's backends take whole arrays
+        D_live, I_live = rank(xq[:], xb[:], exclude, config, progress, info, dist)
+    I = np.full((len(queries), config.k), -1, np.int64)
+    D = np.full((len(queries), config.k), np.nan, np.float32)
+    I[live], D[live] = I_live, D_live
+    return D, I
+
+
 def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], artifacts,
                    config: GraphConfig, *, overwrite=False, progress=no_progress,
                    _cache: dict | None = None, dist=None) -> BuildResult:
     """Build (or reuse) one relation's graph file; see the module docstring. In a group
     (``dist``) every rank searches its share of the pool and rank 0 writes the file."""
     cache, dist = ({} if _cache is None else _cache), dist or Distributed()
+    stream = streams(config, dist)
     names = relation_views(relation, config.intra_view)
-    qv, bv = (_load_view(views, name, dataset, artifacts, cache) for name in names)
+    qv, bv = (_load_view(views, name, dataset, artifacts, cache.setdefault(stream, {}), stream)
+              for name in names)
     if qv.space != bv.space:
         raise SpaceMismatch(f"{relation} graph: {qv.name} features are in space {qv.space!r} but "
                             f"{bv.name} features in {bv.space!r}; extract both with the same "
@@ -323,21 +295,16 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
     if reusable(path, fp, overwrite):
         return BuildResult(name, path, reused=True)
     queries = dataset.item_ids()
-    xq, q_ok, reasons = _usable(qv, queries)
-    xb, b_ok, _ = _usable(bv, candidates)
+    q_rows, q_ok, reasons = _usable(qv, queries)
+    b_rows, b_ok, _ = _usable(bv, candidates)
     pool_ids = [item for item, ok in zip(candidates, b_ok) if ok]
     if not pool_ids:
         raise MnerError(f"{bv.path}: no usable '{bv.name}' vector in the {config.pool} pool; "
                         "check the extract output")
-    sha = {**bv.sha, **qv.sha}
-    live = np.nonzero(q_ok)[0]
-    exclude = same_item_pairs([(queries[r], sha.get(queries[r], "")) for r in live],
-                              [(item, sha.get(item, "")) for item in pool_ids])
     info: dict = {}
-    D_live, I_live = _rank(xq[live], xb[b_ok], exclude, config, progress, info, dist)
-    I = np.full((len(queries), config.k), -1, np.int64)
-    D = np.full((len(queries), config.k), np.nan, np.float32)
-    I[live], D[live] = I_live, D_live
+    live = np.nonzero(q_ok)[0]
+    D, I = _neighbours(qv, bv, queries, live, pool_ids, q_rows[live], b_rows[b_ok], config,
+                       progress=progress, info=info, dist=dist)
     notes = [f"{len(live)}/{len(queries)} queries searched, {len(queries) - len(live)} flagged; "
              f"pool {len(pool_ids)} images ({len(candidates) - len(pool_ids)} left out: invalid "
              f"or all-zero); backend {info.get('backend')}"]

@@ -107,16 +107,33 @@ def _shard_topk(q, shard, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _block_topk(S, k: int):
     """Top-``k`` of each row of the score block ``S`` (n, m), best first, a tie to the lower
-    column: what a stable sort of -S gives, in O(n m) (no full sort)."""
+    column: what a stable sort of -S gives, in O(n m) (no full sort).
+
+    ``torch.topk`` of k + 1 gives the set wherever the (k+1)-th score is below the k-th (then
+    only the k are put in order); the rows where it is not (a tie across the k-th place) take
+    ``_tied_topk``."""
     k = min(k, S.shape[1])
+    top = torch.topk(S, min(k + 1, S.shape[1]), dim=1)
+    cols = torch.sort(top.indices[:, :k], dim=1).values
+    order = torch.sort(torch.gather(S, 1, cols), dim=1, descending=True, stable=True).indices
+    cols = torch.gather(cols, 1, order)
+    if k < S.shape[1]:                              # else every column is taken
+        rows = (top.values[:, k - 1] == top.values[:, k]).nonzero()[:, 0]
+        if len(rows):
+            cols[rows] = _tied_topk(S[rows], k)
+    return torch.gather(S, 1, cols), cols
+
+
+def _tied_topk(S, k: int):
+    """``_block_topk``'s columns for rows with ties across the k-th place: the tied columns
+    taken lowest first."""
     kth = torch.topk(S, k, dim=1).values[:, -1:]
     tied = S == kth
     need = k - (S > kth).sum(1, keepdim=True)
     keep = (S > kth) | (tied & (torch.cumsum(tied, 1) <= need))
     cols = keep.nonzero()[:, 1].view(len(S), k)                 # ascending in each row
     order = torch.sort(torch.gather(S, 1, cols), dim=1, descending=True, stable=True).indices
-    cols = torch.gather(cols, 1, order)
-    return torch.gather(S, 1, cols), cols
+    return torch.gather(cols, 1, order)
 
 
 def _merge(D, I, k: int):
