@@ -12,7 +12,7 @@
 # defaults (15 epochs at most, random batches). Train options given after DATA_DIR win over both.
 set -euo pipefail
 cd "$(dirname "$0")"
-FAST_TRAIN=(--epochs 7 --length-buckets 50)
+FAST_TRAIN=(--epochs 6 --length-buckets 50)
 full=no
 if [ "${1:-}" = "--full" ]; then full=yes; shift; fi
 data=${1:-}
