@@ -176,6 +176,8 @@ def main(argv=None) -> int:
     info = {**machine(args.device), "h5py": __import__("h5py").__version__,
             "faiss": getattr(faiss, "__version__", None) if faiss else None}
     print(f"machine: {info}", file=sys.stderr)
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)    # a new folder is fine
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         rows = [row for n in map(int, args.sizes.split(",")) for row in
                 bench_size(n, args, Path(tmp))]
