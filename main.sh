@@ -8,7 +8,7 @@
 # Every stage reuses what an earlier run already cached.
 #
 # Without a GPU the training is the quick CPU setting, FAST_TRAIN below (fewer epochs, batches of
-# similar length: about 10 minutes on 2 cores); --full (or any GPU) trains with the trainer's
+# similar length: about 8.5 minutes on 2 cores); --full (or any GPU) trains with the trainer's
 # defaults (15 epochs at most, random batches). Train options given after DATA_DIR win over both.
 set -euo pipefail
 cd "$(dirname "$0")"
