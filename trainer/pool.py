@@ -40,6 +40,7 @@ from .inputs import TrainInputs, inputs_from_record, recorded_dataset
 POOL_FILE = "pool.h5"
 FORMAT = 1
 IMAGE_ARRAYS = ("own", "inter", "inter_score", "intra", "intra_score")
+TABLE_BLOCK = 4096      # node-table rows per write
 
 
 @dataclass
@@ -134,7 +135,7 @@ def write_pool(path, pool: RunPool) -> Path:
             group.attrs["view"] = image.view
             group.create_dataset("item_id", data=_strings(image.item_ids), dtype=strings)
             group.create_dataset("table_id", data=_strings(image.table_ids or []), dtype=strings)
-            group.create_dataset("table", data=np.asarray(image.table), chunks=True)
+            _write_table(group, image.table)
             for name in IMAGE_ARRAYS:
                 group.create_dataset(name, data=getattr(image, name))
         for name, side in pool.search.items():
@@ -147,6 +148,16 @@ def write_pool(path, pool: RunPool) -> Path:
             h5.create_dataset("context", data=json.dumps(pool.context), dtype=strings)
             h5.create_dataset("words", data=json.dumps(pool.words), dtype=strings)
     return Path(path)
+
+
+def _write_table(group, table) -> None:
+    """The node table, a block of rows at a time in its stored dtype: a table read by rows from
+    its feature file (``FeatureRows``, the host-table case) is never read whole."""
+    shape = tuple(table.shape)
+    dataset = group.create_dataset("table", shape=shape, dtype=np.dtype(table.dtype),
+                                   chunks=True if shape[0] else None)
+    for first in range(0, shape[0], TABLE_BLOCK):
+        dataset[first:first + TABLE_BLOCK] = table[first:first + TABLE_BLOCK]
 
 
 def read_pool(path) -> RunPool:
