@@ -171,6 +171,9 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
               show_default=True, help="Approximate faiss index (recall vs exact is reported).")
 @click.option("--backend", type=click.Choice(["auto", "faiss", "torch"]), default="auto",
               show_default=True, help="Exact search backend (all give the same neighbours).")
+@click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), default=8.0,
+              show_default=True, help="Larger query + pool tables (float32) are read from the "
+              "feature files a block at a time instead of whole (same neighbours).")
 @click.option("--plot", type=click.Path(path_type=Path), default=None,
               help="Also write k-occurrence histograms to this PNG.")
 @click.option("--overwrite", is_flag=True, help="Replace graph files that differ.")
@@ -178,7 +181,7 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
 @quiet_option
 @friendly_errors
 def build_graphs(data_dir, artifacts, k, pool, features, relations, intra_view, import_rgcn,
-                 hubness, ties, approx, backend, plot, overwrite, device, quiet):
+                 hubness, ties, approx, backend, memory_gb, plot, overwrite, device, quiet):
     """Inter-modal and intra-modal top-K neighbour graphs under <artifacts>/graphs/.
 
     \b
@@ -202,7 +205,8 @@ def build_graphs(data_dir, artifacts, k, pool, features, relations, intra_view, 
                          approx=None if approx == "none" else approx,
                          relations=() if "none" in relations
                          else (relations or DEFAULT_RELATIONS),
-                         backend=backend, device=device, intra_view=intra_view)
+                         backend=backend, device=device, intra_view=intra_view,
+                         memory_gb=memory_gb)
     rgcn_dir = Path(data_dir) / "rgcn"
     use_rgcn = rgcn_dir.is_dir() if import_rgcn is None else import_rgcn
     results = build(dataset, artifacts, config, features=features,

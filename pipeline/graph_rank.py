@@ -45,9 +45,10 @@ def tie_columns(n: int, m: int, seed: int):
 
 
 def streams(config, dist) -> bool:
-    """Whether the exact search is ``sharded_search``, which streams row blocks: in a group, or
-    for ``ties="index"`` (a tie goes to the lower pool row, however many ranks)."""
-    return config.approx is None and (dist.active or config.ties == "index")
+    """Whether the exact search is ``sharded_search``, which streams row blocks: in a group, for
+    ``ties="index"`` (a tie goes to the lower pool row, however many ranks), or for tables too
+    large to hold (``config.stream``)."""
+    return config.approx is None and (dist.active or config.ties == "index" or config.stream)
 
 
 def exact_search(config, dist):

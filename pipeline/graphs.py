@@ -53,6 +53,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from . import store
@@ -91,7 +92,10 @@ def _check(condition: bool, message: str) -> None:
 @dataclass(frozen=True)
 class GraphConfig:
     """How graphs are built. ``relations=()`` builds none of ours (import only). ``backend``,
-    ``device`` and ``recall_sample`` do not change exact results and are not in the fingerprint."""
+    ``device``, ``recall_sample``, ``memory_gb`` and ``stream`` do not change exact results (the
+    neighbours are exact either way, up to float32 rounding of near-ties) and are not in the
+    fingerprint. A relation whose query and pool tables would take more than ``memory_gb`` as
+    float32 is streamed from its feature files (as under torchrun); ``stream`` forces that."""
 
     k: int = 5
     pool: str = "all"
@@ -105,6 +109,8 @@ class GraphConfig:
     device: str = "auto"
     recall_sample: int = 1000
     intra_view: str = "object_types"
+    memory_gb: float = 8.0
+    stream: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "relations", tuple(self.relations))
@@ -123,6 +129,7 @@ class GraphConfig:
                f"relations must be among {', '.join(RELATIONS)}, got {', '.join(self.relations)}")
         _check(self.intra_view in INTRA_VIEWS, f"intra_view must be one of "
                f"{', '.join(INTRA_VIEWS)}, got {self.intra_view!r}")
+        _check(self.memory_gb > 0, f"memory_gb must be positive, got {self.memory_gb}")
 
     def recipe(self) -> dict:
         """The settings that change the graph (its fingerprint)."""
@@ -161,8 +168,6 @@ def graph_views(attrs: dict) -> tuple[str, str]:
 def resolve_features(artifacts, key: str, given=()) -> dict[str, Path]:
     """Feature files by view: the extract manifest of the dataset ``key`` (``store.dataset_key``)
     by default, else the given manifest / files."""
-    import h5py
-
     if not given:
         return {view: Path(p) for view, p in load_manifest(artifacts, key).items()}
     views: dict[str, Path] = {}
@@ -193,6 +198,18 @@ class _View:
     sha: dict[str, str]
     inputs: dict                # the feature file's recorded data inputs
     ok: np.ndarray | None = None    # per file row: a usable vector (``_usable``)
+
+
+def _table_bytes(views: dict[str, Path], names) -> int:
+    """What the query and pool tables of a relation take as float32 (from the files' shapes;
+    nothing is read). 0 when a view is missing (``_load_view`` says so)."""
+    total = 0
+    for name in dict.fromkeys(names):
+        if name not in views:
+            return 0
+        with h5py.File(views[name], "r") as h5:
+            total += 4 * int(np.prod(h5["features"].shape))
+    return total
 
 
 def _load_view(views: dict[str, Path], name: str, dataset: Dataset, artifacts,
@@ -278,8 +295,10 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
     """Build (or reuse) one relation's graph file; see the module docstring. In a group
     (``dist``) every rank searches its share of the pool and rank 0 writes the file."""
     cache, dist = ({} if _cache is None else _cache), dist or Distributed()
-    stream = streams(config, dist)
     names = relation_views(relation, config.intra_view)
+    if _table_bytes(views, names) > config.memory_gb * 1e9:
+        config = dataclasses.replace(config, stream=True)
+    stream = streams(config, dist)
     qv, bv = (_load_view(views, name, dataset, artifacts, cache.setdefault(stream, {}), stream)
               for name in names)
     if qv.space != bv.space:

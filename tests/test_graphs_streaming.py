@@ -104,6 +104,22 @@ def test_the_default_ties_index_build_is_the_streaming_one(tiny_dir, tmp_path, g
         "sharded exact (1 rank(s), cpu)"] * 2
 
 
+def test_tables_larger_than_the_memory_budget_are_streamed(tiny_dir, tmp_path, monkeypatch):
+    files, dataset = feature_files(tmp_path), load_dataset(tiny_dir)
+    whole = build_graphs(dataset, tmp_path / "whole", GraphConfig(k=3), features=files)
+    guard(monkeypatch)
+    with pytest.raises(AssertionError, match="rows of"):      # the default budget: read whole
+        build_graphs(dataset, tmp_path / "again", GraphConfig(k=3), features=files)
+    small = build_graphs(dataset, tmp_path / "small", GraphConfig(k=3, memory_gb=1e-7),
+                         features=files)
+    for a, b in zip(whole, small):
+        a, b = read_graph(a.path), read_graph(b.path)
+        assert a.attrs["fingerprint"] == b.attrs["fingerprint"]
+        assert b.attrs["backend"].startswith("sharded exact")
+        np.testing.assert_array_equal(b.I, a.I)
+        np.testing.assert_allclose(b.D, a.D, atol=1e-6)
+
+
 def test_file_rows_read_increasing_rows_and_put_them_back(tmp_path):
     X = unit(30, 6, 7) * 3
     X[4] = 0
