@@ -33,16 +33,17 @@ Under ``torchrun`` (pipeline/distributed.py) the exact search is shared: each ra
 blocks of the pool, the ranks merge their top-k (``sharded_search``), rank 0 writes the files; the
 files are the ones one process writes (same fingerprints, same neighbours).
 
-Memory: where the search is ``sharded_search`` (under ``torchrun``, or ``ties="index"``:
-``graph_rank.streams``) build-graphs streams. The feature files are read by rows
+Memory: where the search is ``sharded_search`` (under ``torchrun``, ``ties="index"``, or a
+relation whose query and pool tables exceed ``memory_gb`` as float32: ``graph_rank.streams``)
+build-graphs streams. The feature files are read by rows
 (``read_feature_rows``): a validity pass per file, then blocks of queries and of the pool through
 row views (``row_views.FileRows``, CSLS and tie columns appended per block); the cosine of the
 chosen pairs comes from the search's own scores (``graph_rank.rank_streamed``). Nothing holds a
 whole feature table; what stays is per-row bookkeeping (ids, masks, reasons, ``D``, ``I``, the
 16 tie columns) and ``sharded_search``'s pool shard on its device (a rank's share of the
-normalised pool, float32; on the CPU that is host memory). Otherwise (one process, ``ties="random"``
-or an approximate index) the faiss / torch backends of ``search`` take whole arrays: the views
-are read whole (``graph_rank.rank``).
+normalised pool, float32; on the CPU that is host memory). Otherwise (one process,
+``ties="random"`` within ``memory_gb``, or an approximate index) the faiss / torch backends of
+``search`` take whole arrays: the views are read whole (``graph_rank.rank``).
 
 The authors' published lists are imported into the same format by ``graph_import.import_rgcn``.
 """
