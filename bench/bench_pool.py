@@ -11,8 +11,8 @@ query, the whole pool) once per path, each in a fresh process, so that its peak 
 - ``in-memory``: the same config with build-graphs' switch ``graphs.streams`` turned off: the
   tables read whole, as before streaming (same search, ``sharded_search`` over arrays);
 - with ``--default-path``: ``default`` (one process, ``ties="random"``: ``search``'s faiss /
-  torch backend over whole arrays) and ``default-streamed`` (the same config forced through the
-  streaming path, as under torchrun): may streaming replace the default path?
+  torch backend over whole arrays) and ``default-streamed`` (the same config with
+  ``stream=True``: the streaming path, as under torchrun): may streaming replace the default path?
 
 Each row checks its graph against the first path's (same neighbours, max |dD|). Usage::
 
@@ -37,7 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.machine import machine  # noqa: E402
 
-import pipeline.graph_rank as graph_rank  # noqa: E402
 import pipeline.graphs as graphs  # noqa: E402
 from pipeline.data import Dataset  # noqa: E402
 from pipeline.features import FeatureWriter  # noqa: E402
@@ -45,7 +44,7 @@ from pipeline.formats import Tweet  # noqa: E402
 from pipeline.search import load_faiss  # noqa: E402
 
 PATHS = {"streamed": dict(ties="index"), "in-memory": dict(ties="index"),
-         "default": dict(ties="random"), "default-streamed": dict(ties="random")}
+         "default": dict(ties="random"), "default-streamed": dict(ties="random", stream=True)}
 BASE = {"streamed": "in-memory", "default-streamed": "default"}   # path: its same-run baseline
 BLOCK = 16384    # rows per write of the synthetic files
 
@@ -79,10 +78,8 @@ def peak_mb() -> float:
 
 def child(args) -> None:
     """One build in this process; prints its JSON record."""
-    if args.child in ("in-memory", "default-streamed"):    # build-graphs' own switch, forced
-        stream = args.child == "default-streamed"
-        for module in (graphs, graph_rank) if stream else (graphs,):
-            module.streams = lambda config, dist, stream=stream: stream
+    if args.child == "in-memory":        # build-graphs' own switch, forced off for ties "index"
+        graphs.streams = lambda config, dist: False
     data = dataset(args.n, args.folder)
     config = graphs.GraphConfig(k=args.k, relations=("inter",), device=args.device,
                                 **PATHS[args.child])

@@ -33,9 +33,14 @@ def usable_rows(dataset, valid, rows: int | None = None) -> np.ndarray:
     time, default ``POOL_ROWS``): the rows ``FileRows`` returns as unit vectors."""
     ok, rows = np.asarray(valid, bool).copy(), rows or POOL_ROWS
     for first in range(0, len(ok), rows):
-        norms = np.linalg.norm(np.asarray(dataset[first:first + rows], np.float32), axis=1)
-        ok[first:first + rows] &= (norms > 0) & np.isfinite(norms)
+        ok[first:first + rows] &= has_direction(dataset[first:first + rows])
     return ok
+
+
+def has_direction(X) -> np.ndarray:
+    """Per row of ``X``: a finite, non-zero float32 norm (a vector ``normalised`` can scale)."""
+    norms = np.linalg.norm(np.asarray(X, np.float32), axis=1)
+    return (norms > 0) & np.isfinite(norms)
 
 
 def read_rows(dataset, rows: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ from pipeline.errors import CorruptInput, InvalidConfig, MissingInput
 from pipeline.features import read_features
 from pipeline.graph_store import read_graph
 from pipeline.graphs import graph_views
+from pipeline.row_views import has_direction, normalised as unit_rows
 from pipeline.store import decode_attrs, write_attrs
 
 from .batches import ImageInputs
@@ -76,11 +77,11 @@ def feature_attrs(path: Path) -> dict:
 
 
 def normalised(X: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ``X`` scaled to unit length, and ``ok`` without the zero or non-finite rows."""
+    """Rows of ``X`` scaled to unit length, and ``ok`` without the zero or non-finite rows (as
+    build-graphs scales them: ``pipeline.row_views``)."""
     X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
-    norms = np.linalg.norm(X, axis=1)
-    ok = ok & (norms > 0) & np.isfinite(norms)
-    return np.where(ok[:, None], X / np.where(ok, norms, 1)[:, None], 0).astype(np.float32), ok
+    ok = ok & has_direction(X)
+    return unit_rows(X, ok), ok
 
 
 def search_pool(name: str, relation: str, graph_path) -> SearchPool:
