@@ -234,8 +234,8 @@ def referenced_table(ref: dict, run_dir: Path) -> FeatureRows:
     first whose fingerprint, shape and dtype are the recorded ones. Else a ``StaleArtifact``
     (a file there with other content) or a ``MissingInput``."""
     run_dir = Path(run_dir)
-    places = dict.fromkeys([Path(ref["path"]), run_dir / ref["relative"],
-                            run_dir / Path(ref["path"]).name])
+    relative = Path(os.path.normpath(run_dir / ref["relative"]))
+    places = dict.fromkeys([Path(ref["path"]), relative, run_dir / Path(ref["path"]).name])
     wanted = {key: ref[key] for key in ("fingerprint", "shape", "dtype")}
     changed = None
     for place in places:
