@@ -217,6 +217,9 @@ def table_reference(pool: RunPool, run_dir: Path, copy_gb: float | None) -> dict
     if copy_gb is None or image is None or not source:
         return None
     path = Path(source["path"]).resolve()
+    if not path.is_file():
+        raise MissingInput("the node table's feature file went away while the run trained",
+                           path=path, rerun="train")
     found = _table_file(path)
     if np.prod(found["shape"]) * np.dtype(found["dtype"]).itemsize <= copy_gb * 1e9:
         return None
