@@ -81,3 +81,17 @@ def test_read_pool_gives_a_node_table_read_by_rows(tmp_path, monkeypatch):
     np.testing.assert_array_equal(back.table[[7, 2, 7]], table[[7, 2, 7]])
     workers = pickle.loads(pickle.dumps(back.table))      # as DataLoader workers get it
     np.testing.assert_array_equal(workers.rows(np.array([0, 8])), table[[0, 8]])
+
+
+def test_a_pool_of_an_unknown_format_is_refused_in_one_line(tmp_path):
+    import h5py
+
+    from pipeline.errors import CorruptInput
+
+    write_pool(tmp_path / "pool.h5", RunPool())
+    with h5py.File(tmp_path / "pool.h5", "r+") as h5:
+        assert h5.attrs["format"] == 1            # a copied table: what older code reads too
+        h5.attrs["format"] = 3
+    with pytest.raises(CorruptInput, match="pool format 3 is not 1 or 2") as err:
+        read_pool(tmp_path / "pool.h5")
+    assert "\n" not in str(err.value) and err.value.rerun == "train"
