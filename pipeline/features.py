@@ -123,15 +123,18 @@ def read_feature_rows(path) -> FeatureSet:
 
 
 class FeatureRows:
-    """The ``features`` dataset of a feature file, read by rows: ``rows(index)`` for sorted,
-    distinct row numbers returns those rows in the stored dtype (float16 or float32); ``[index]``
-    takes any row numbers, or a slice. The file stays open between reads (reopened after pickling).
-    ``np.asarray(rows)`` reads it all, block by block, as float32."""
+    """The ``features`` dataset of a feature file (or the dataset ``name`` of another HDF5 file:
+    a run's ``pool.h5`` holds its node table as ``image/table``), read by rows: ``rows(index)``
+    for sorted, distinct row numbers returns those rows in the stored dtype (float16 or float32);
+    ``[index]`` takes any row numbers, or a slice. The file stays open between reads (reopened
+    after pickling, so DataLoader workers can take it). ``np.asarray(rows)`` reads it all, block
+    by block, as float32."""
 
     BLOCK = 4096   # rows per read when the whole table is asked for
 
-    def __init__(self, path, shape: tuple[int, ...], dtype):
+    def __init__(self, path, shape: tuple[int, ...], dtype, name: str = "features"):
         self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+        self.name = name
         self._file = None
 
     def __len__(self) -> int:
@@ -144,7 +147,7 @@ class FeatureRows:
     def _dataset(self):
         if self._file is None:
             self._file = h5py.File(self.path, "r")
-        return self._file["features"]
+        return self._file[self.name]
 
     def rows(self, index: np.ndarray) -> np.ndarray:
         index = np.asarray(index, dtype=np.int64)

@@ -157,3 +157,43 @@ def check_broken_images(run, tmp_path):
     assert got.neighbours[0]["image"] == "invalid: corrupt: empty file"
     assert got.notes == [f"text-1: image {tmp_path / 'empty.jpg'} is not usable (corrupt: empty "
                          "file); tagged without it"]
+
+
+def host_table_run(run, folder, **settings):
+    """A copy of ``run`` whose config puts the node table on the host (``node_table``) and scores
+    one tweet per batch, so that no batch needs every row of the tiny table."""
+    import shutil
+
+    copy = folder / run.name
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config.update(node_table="host", **settings)
+    config["optim"]["eval_batch_size"] = 1
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def test_evaluate_and_predict_never_read_the_pool_table_whole(tiny_run, tiny_pipeline, tmp_path,
+                                                             monkeypatch):
+    """Issue 14: with the run's table on the host, evaluate and predict read pool.h5's node
+    table by rows (a whole read fails here) and give the tags of the device table."""
+    from test_pool_file import refuse_whole_reads
+    from trainer.batches import HostTable
+    from trainer.predict import load_run, predict, text_example
+    from trainer.run import load_saved_split
+
+    data, _ = tiny_pipeline
+    run = host_table_run(tiny_run, tmp_path)
+    refuse_whole_reads(monkeypatch)
+    assert isinstance(load_saved_split(run, "test", "cpu").table, HostTable)
+    result = invoke("evaluate", "--run", run, "-o", tmp_path / "scores.json", "--quiet")
+    assert result.exit_code == 0, result.output
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    saved = json.loads((tiny_run / "results.json").read_text())["test"]
+    assert scores["conlleval"]["overall"] == saved["conlleval"]["overall"]
+    result = invoke("predict", "--run", run, "--input", data / "test.txt")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (tiny_run / "predictions_test.conll").read_text()
+    new = predict(load_run(run, "cpu"), [text_example("Obama visits Paris", "a man waving")],
+                  "cpu")
+    assert len(new.tags[0]) == 3 and len(new.neighbours[0]["intra"]) == 3

@@ -104,3 +104,98 @@ def test_a_run_saved_with_the_whole_model_in_one_file_still_loads(moved_run, tmp
     loaded, _, _ = load_tagger(old)
     for name, tensor in tagger.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+@pytest.fixture(scope="module")
+def referring_run(tiny_pipeline, tiny_encoder, tmp_path_factory):
+    """A full model trained on a private copy of the tiny pipeline with ``pool_copy_gb`` 0, so
+    that its pool.h5 refers to the node table's feature file: ``(root, run folder)``."""
+    data, artifacts = tiny_pipeline
+    root = tmp_path_factory.mktemp("referring")
+    shutil.copytree(data, root / "tiny")
+    shutil.copytree(artifacts, root / "artifacts", ignore=shutil.ignore_patterns("runs"))
+    config = root / "config.json"
+    config.write_text(json.dumps({"data_dir": str(root / "tiny"), "pool_copy_gb": 0}))
+    result = invoke(*train_args(root / "tiny", root / "artifacts", tiny_encoder,
+                                "--config", config))
+    assert result.exit_code == 0, result.output
+    (run,) = (root / "artifacts" / "runs").iterdir()
+    return root, run
+
+
+def table_ref(run) -> dict:
+    """The ``table_ref`` attribute of a run's pool.h5 (its node table's feature file)."""
+    import h5py
+
+    with h5py.File(run / "pool.h5", "r") as h5:
+        assert "table" not in h5["image"] and h5.attrs["format"] == 2
+        return json.loads(h5["image"].attrs["table_ref"])
+
+
+def outputs(run, data, folder):
+    """What predict (a file with gold tags, a new tweet) and evaluate write for ``run``."""
+    tagged = invoke("predict", "--run", run, "--input", data / "test.txt")
+    new = invoke("predict", "--run", run, "--text", "Obama visits Paris", "--caption", "a man")
+    scores = invoke("evaluate", "--run", run, "-o", folder / "scores.json", "--quiet")
+    for result in (tagged, new, scores):
+        assert result.exit_code == 0, result.output
+    shown = new.stderr[new.stderr.index("neighbours:"):]      # after the loaders' progress
+    scores = json.loads((folder / "scores.json").read_text())
+    return tagged.stdout, new.stdout, shown, scores["conlleval"], scores["strict"]
+
+
+def test_a_large_node_table_is_referred_to_not_copied(referring_run, tmp_path):
+    """Issue 14: above pool_copy_gb pool.h5 holds the feature file's path and fingerprint, not
+    the table; predict and evaluate give what the same run with the table copied gives."""
+    import h5py
+
+    from trainer.pool import read_pool, write_pool
+
+    root, run = referring_run
+    ref = table_ref(run)
+    with h5py.File(ref["path"], "r") as features:
+        assert ref["fingerprint"] == features.attrs["fingerprint"]
+        assert ref["shape"] == list(features["features"].shape)
+        table_bytes = features["features"].nbytes
+    assert ref["relative"].startswith("../../features/")
+    copied = tmp_path / "copied"
+    shutil.copytree(run, copied)
+    write_pool(copied / "pool.h5", read_pool(run / "pool.h5"))      # the table copied
+    with h5py.File(copied / "pool.h5", "r") as h5:
+        assert h5["image/table"].shape == tuple(ref["shape"]) and h5.attrs["format"] == 1
+    saved = (copied / "pool.h5").stat().st_size - (run / "pool.h5").stat().st_size
+    assert saved >= table_bytes
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    got = outputs(run, root / "tiny", tmp_path / "a")
+    assert got == outputs(copied, root / "tiny", tmp_path / "b")
+    assert got[0] == (run / "predictions_test.conll").read_text()
+
+
+def test_a_referred_feature_file_moved_changed_or_gone(referring_run, tmp_path):
+    """The artifacts moved with the run: found by its relative path. Replaced by another file
+    or deleted: a one-line error naming it. Copied into the run folder: found there."""
+    from tagger_fixtures import one_line_error
+
+    root, run = referring_run
+    moved = tmp_path / "moved"
+    shutil.move(root, moved)
+    run = moved / run.relative_to(root)
+    text = ("predict", "--run", run, "--text", "Obama visits Paris", "--caption", "a man")
+    result = invoke(*text)
+    assert result.exit_code == 0, result.output
+    ref = table_ref(run)
+    feature_file = (run / ref["relative"]).resolve()
+    keep = tmp_path / "kept.h5"
+    shutil.copy(feature_file, keep)
+    other = next(p for p in feature_file.parent.glob("*.h5") if p != feature_file)
+    shutil.copy(other, feature_file)
+    one_line_error(invoke(*text), str(feature_file), "is not the node table this run refers to",
+                   "copy the feature file into the run folder")
+    one_line_error(invoke("evaluate", "--run", run, "--data-dir", moved / "tiny"),
+                   str(feature_file))
+    feature_file.unlink()
+    one_line_error(invoke(*text), ref["path"], "feature file not found")
+    shutil.copy(keep, run / feature_file.name)
+    result = invoke(*text)
+    assert result.exit_code == 0, result.output

@@ -175,6 +175,7 @@ class TrainConfig:
     checkpoint: bool = True           # False: no weights saved (about 90 MB a MiniLM run)
     node_table: str = "auto"          # device, host or auto (by node_table_budget_gb)
     node_table_budget_gb: float = 8.0
+    pool_copy_gb: float = 4.0         # pool.h5 copies a node table up to this size, else refers
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
@@ -199,6 +200,8 @@ class TrainConfig:
                f"{', '.join(NODE_TABLES)}, got {self.node_table!r}", "node_table")
         _check(self.node_table_budget_gb >= 0, "node_table_budget_gb must be >= 0, got "
                f"{self.node_table_budget_gb}", "node_table_budget_gb")
+        _check(self.pool_copy_gb >= 0, f"pool_copy_gb must be >= 0, got {self.pool_copy_gb}",
+               "pool_copy_gb")
         _check(self.slug is None or (
             self.slug and all(c.isalnum() or c in "-_." for c in self.slug)),
             f"slug {self.slug!r} may hold only letters, digits, '-', '_' and '.'", "slug")

@@ -36,7 +36,7 @@ from .context import context_ids
 from .loop import Split, evaluate
 from .model import load_tagger
 from .pool import RunPool, SearchPool, feature_attrs, normalised, run_pool  # noqa: F401
-from .run import resolve_device
+from .run import image_table, resolve_device
 
 
 @dataclass
@@ -147,6 +147,32 @@ def _neighbours(side: SearchPool, new: list[Example], k: int, device: str):
     return ids, scores
 
 
+class AppendedRows:
+    """The run's node table (read by rows: a ``FeatureRows`` or an array) with the own-image
+    rows of new examples after it. ``rows(index)`` reads only the rows asked for (a host table's
+    source); ``np.asarray`` gives the whole table as float32 (a device table)."""
+
+    def __init__(self, base, extra: np.ndarray):
+        self.base, self.dtype = base, np.dtype(base.dtype)
+        self.extra = np.asarray(extra).astype(self.dtype)
+        self.shape = (len(base) + len(self.extra),) + tuple(base.shape[1:])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, index) -> np.ndarray:
+        index = np.asarray(index, dtype=np.int64)
+        out = np.empty((len(index),) + self.shape[1:], self.dtype)
+        old = index < len(self.base)
+        out[old] = self.base[index[old]]
+        out[~old] = self.extra[index[~old] - len(self.base)]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        dtype = dtype or np.float32
+        return np.concatenate([np.asarray(self.base, dtype), self.extra.astype(dtype)])
+
+
 def image_inputs_for(examples: list[Example], pool: RunPool, config: TrainConfig,
                      device: str = "cpu") -> tuple[ImageInputs, list[dict], int]:
     """Own-image rows and neighbours of ``examples`` over the run's node table (extended by the
@@ -161,12 +187,12 @@ def image_inputs_for(examples: list[Example], pool: RunPool, config: TrainConfig
         own[i], inter[i], inter_s[i] = image.own[r], image.inter[r, :k], image.inter_score[r, :k]
         intra[i], intra_s[i] = image.intra[r, :k], image.intra_score[r, :k]
     new = [i for i in range(n) if i not in set(known)]
-    table = np.asarray(image.table)
+    table = image.table
     if new:
         X, ok = view_vectors(pool.node_attrs, [examples[i] for i in new], device)
         fresh = [i for i, good in zip(new, ok) if good]
         own[fresh] = len(table) + np.arange(len(fresh))
-        table = np.concatenate([table, X[ok].astype(table.dtype)]) if fresh else table
+        table = AppendedRows(table, X[ok]) if fresh else table
         row_of = {item: r for r, item in enumerate(image.table_ids)}
         for relation, rows, scores in (("inter", inter, inter_s), ("intra", intra, intra_s)):
             if not getattr(model, relation):
@@ -275,7 +301,7 @@ def predict(run, examples: list[Example], device: str = "auto",
                      context)
     collator = Collator(encoded, run.tokenizer.pad_token_id, image, np.arange(len(examples)),
                         config.model.inter, config.model.intra, config.model.k)
-    table = None if image is None else image.node_table(torch_device, config.precision)
+    table = None if image is None else image_table(image, config, torch_device)
     result = evaluate(run.model, Split("predict", encoded, collator, gold), torch_device, table,
                       config.optim.eval_batch_size, config.precision, run.labels, progress)
     return Prediction(examples, result.tags, result.scores, run.labels, neighbours, known, notes)

@@ -113,7 +113,12 @@ def node_table(inputs: TrainInputs, config: TrainConfig, device: torch.device):
     says (``ImageInputs.node_table``), or None for a text-only model."""
     if not config.model.uses_image:
         return None
-    image = inputs.image
+    return image_table(inputs.image, config, device)
+
+
+def image_table(image, config: TrainConfig, device: torch.device):
+    """``image``'s node table on ``device`` or on the host (``config.table_on_host``): the one
+    rule of train, evaluate and predict."""
     host = config.table_on_host(len(image.table), image.node_shape)
     return image.node_table(device, config.precision, host=host)
 
@@ -261,7 +266,8 @@ def train_run(config: TrainConfig, inputs: TrainInputs, progress=no_progress,
         scores[name] = result.scores
     if dist.is_main and config.checkpoint and (config.model.uses_image
                                                or config.model.context != "none"):
-        write_pool(tmp / POOL_FILE, pool_from_inputs(inputs, config))   # the run travels
+        write_pool(tmp / POOL_FILE, pool_from_inputs(inputs, config),   # the run travels
+                   config.pool_copy_gb)
     seconds = time.perf_counter() - started
     if dist.is_main:
         _finish(tmp, final, prep, outcome, scores, seconds, log)
