@@ -9,9 +9,10 @@ An optional fourth file, ``pool`` (same format), holds unlabelled text-image pai
 neighbour candidates only: extracted like every item and searched by build-graphs, but never
 queries, never trained on, scored or tagged. Its tags are optional and never read: a JSON lines
 pool may leave out ``tags`` (in every example or none), a UMT pool may give the token alone on a
-line (no tab; every line or none) or ``token<TAB>anything``. Its types never enter the label set. Every reader either returns all the data of a file
-or raises ``DataFormatError`` naming the file, the line and the fix: no tweet is ever dropped
-silently.
+line (no tab; every line or none) or ``token<TAB>anything``. Its types never enter the label set.
+
+Every reader either returns all the data of a file or raises ``DataFormatError`` naming the file,
+the line and the fix: no tweet is ever dropped silently.
 """
 from __future__ import annotations
 

@@ -16,12 +16,15 @@ from conftest import ROOT, TINY_KEY
 from pipeline import store
 from pipeline.data import load_dataset
 from pipeline.errors import DataFormatError
+from pipeline.extract import ExtractConfig, run_extract
 from pipeline.features import read_features
 from pipeline.graph_store import load_graph_manifest
 from pipeline.graphs import GraphConfig, build_graphs, read_graph
 from pipeline.labels import LabelSet
 from tagger_fixtures import invoke, tiny_encoder  # noqa: F401 (fixture)
 from test_distributed import free_port
+from test_extract import bert  # noqa: F401 (fixture)
+from test_extract_sharded import assert_same_file, on_two_ranks, options
 from test_graphs import IDS, TRAIN, unit, write_features
 from test_graphs_sharded import build_all, feature_files
 from test_graphs_streaming import guard
@@ -163,6 +166,18 @@ def test_two_ranks_search_the_pool_split_as_one_process(pooled_dir, tmp_path):
         np.testing.assert_array_equal(other.I, graph.I)
 
 
+def test_two_ranks_extract_the_pool_items_as_one_process(pooled_dir, tmp_path, bert):
+    captions = next((pooled_dir / "image_captions").iterdir())
+    opts = options(pooled_dir, tmp_path / "two", bert, captions=str(captions))
+    on_two_ranks(opts, tmp_path)
+    one = run_extract(ExtractConfig(**{**opts, "artifacts": str(tmp_path / "one")}))
+    assert {"text", "image_global", "object_types"} <= set(one["views"])
+    folder = tmp_path / "two" / "features" / store.dataset_key(load_dataset(pooled_dir))
+    for view in one["views"].values():
+        assert read_features(view["path"]).item_ids == IDS + POOL_IDS
+        assert_same_file(view["path"], folder / view["file"])
+
+
 # Fingerprints of the tiny dataset's graphs (test_graphs_sharded's feature files) written before
 # the pool split existed (commit 8bd1354): a dataset without a pool keeps its files.
 PINNED = {"0:inter": "1308a5899cf52d1fadfbb3c4ec0500d67405c4feaa47c34288f7ef9ac1bc993c",
@@ -171,7 +186,7 @@ PINNED = {"0:inter": "1308a5899cf52d1fadfbb3c4ec0500d67405c4feaa47c34288f7ef9ac1
           "1:inter": "da8861630a596d5c455df984d1b329a62d6221b5c41c2de2fa112c26ea6bde52",
           "1:intra": "f9b8bbebc474afb9133d35f4e910e35d8ac691d4950fb5247f5895b31e9ba369",
           "2:inter": "060fc9aea577aafbbfe5418b18fcae8dc6a0bd9881f361c8e350f6bb3a8a4d69"}
-TEXT_INPUTS = "d9e31c1505db8f4aa97e374c538426e250af2f6814a8ed02378e28274392c202"   # store.text_inputs
+TEXT_INPUTS = "d9e31c1505db8f4aa97e374c538426e250af2f6814a8ed02378e28274392c202"   # its digest
 
 
 def test_a_dataset_without_a_pool_keeps_its_graph_fingerprints(tiny_dir, tmp_path):
@@ -270,7 +285,9 @@ def test_evaluate_scores_labelled_splits_and_refuses_the_pool(pooled_run):
     result = invoke("evaluate", "--run", run, "--split", "test")
     assert result.exit_code == 0, result.output
     result = invoke("evaluate", "--run", run, "--split", "pool")
-    assert result.exit_code != 0 and "pool" in result.output
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == ("Error: unknown split 'pool'; use one of "
+                                                      "train, valid, test")
     result = invoke("predict", "--run", run, "--text", "Zelda fans in Paris", "--caption",
                     "a man playing a video game")
     assert result.exit_code == 0, result.output

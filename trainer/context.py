@@ -13,9 +13,10 @@ text points to, ``intra`` through the images like its own, ``text`` by tweet sim
 With ``model.context_labels`` the neighbours that are *train* tweets bring their gold entity spans,
 marked inline around the span's words: ``[PER Barack Obama ] visits [LOC Paris ]`` (the type as the
 data spells it, conlleval spans). Neighbours from valid or test or the unlabelled pool split, and
-tweets outside the dataset, bring their words only: their labels never travel (``tweet_words``). A train tweet's own labels
-cannot reach it this way (the graphs exclude the tweet itself), but a duplicate of it in train
-can, as a labelled train neighbour can for a test tweet: that is the point of the variant.
+tweets outside the dataset, bring their words only: their labels never travel (``tweet_words``).
+A train tweet's own labels cannot reach it this way (the graphs exclude the tweet itself), but a
+duplicate of it in train can, as a labelled train neighbour can for a test tweet: that is the
+point of the variant.
 Without ``context_labels`` neighbours are never labels: only words travel.
 """
 from __future__ import annotations
