@@ -37,8 +37,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".JPG", ".
 
 @dataclass
 class Dataset:
-    """All splits of one dataset, its label set, plus the optional image views (captions, image
-    files)."""
+    """All splits of one dataset (``pool`` among them when it has one: ``labelled_splits`` leaves
+    it out), its label set, plus the optional image views (captions, image files)."""
 
     name: str
     root: Path
@@ -270,9 +270,9 @@ def load_dataset(data_dir, captions=None, image_dir=None, splits=SPLITS) -> Data
     paths = dict(zip(splits, files))
     read, reader = (read_jsonl if fmt == "jsonl" else read_umt), TagReader()
     tables = {name: read(path, name, reader) for name, path in paths.items()}
-    if pool_file(root, fmt) is not None:
-        paths[POOL] = pool_file(root, fmt)
-        tables[POOL] = read_pool(paths[POOL], fmt)
+    pool = pool_file(root, fmt)
+    if pool is not None:                # unlabelled: its own reader, nothing enters ``reader``
+        paths[POOL], tables[POOL] = pool, read_pool(pool, fmt)
     owner: dict[str, str] = {}
     for name, tweets in tables.items():
         for tweet in tweets:

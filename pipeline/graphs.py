@@ -17,12 +17,13 @@ Cosine similarity (inner product of L2-normalised vectors), exact search by defa
 setting: images, never labels) or the train images only (``pool="train"``, inductive); either way
 it includes the dataset's unlabelled ``pool`` split when it has one (external pairs, not test
 data). The queries are the labelled splits' items only (``Dataset.query_ids``): a pool split of
-a million pairs costs a million pool rows, not a million searches. A query with
-no usable vector (``valid=False``, all-zero) gets no neighbours and is flagged; such pool images are
-left out. The tweet's own image and exact duplicates of it (same ``content_sha256``) are never
-neighbours. ``hubness="csls"`` ranks by CSLS, 2cos(q,b) - r_q - r_b (r: mean cosine to one's
-``csls_k`` nearest on the other side), exactly, through an augmented inner product; ``D`` keeps
-the cosine of the chosen neighbours as edge weight.
+a million pairs costs a million pool rows, not a million searches (with CSLS, the pool side's
+radius r_b is measured against those queries). A query with no usable vector (``valid=False``,
+all-zero) gets no neighbours and is flagged; such pool images are left out. The tweet's own image
+and exact duplicates of it (same ``content_sha256``) are never neighbours. ``hubness="csls"``
+ranks by CSLS, 2cos(q,b) - r_q - r_b (r: mean cosine to one's ``csls_k`` nearest on the other
+side), exactly, through an augmented inner product; ``D`` keeps the cosine of the chosen
+neighbours as edge weight.
 
 Ties: sparse object-type vectors give massive exact ties (most images share {person}); any exact
 search then returns the lowest pool rows, and one image becomes a hub by row order alone (54% of

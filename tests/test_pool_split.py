@@ -132,12 +132,13 @@ def test_pool_items_are_neighbours_never_queries(pooled_dir, tmp_path, pool, can
                             for j in graph.I.ravel() if j >= 0}
 
 
+@pytest.mark.parametrize("options", [{}, {"hubness": "csls", "csls_k": 2}])
 def test_the_streamed_path_gives_the_pool_neighbours_of_the_in_memory_path(pooled_dir, tmp_path,
-                                                                           monkeypatch):
+                                                                           monkeypatch, options):
     dataset, files = load_dataset(pooled_dir), pooled_features(tmp_path)
-    whole = graphs_of(dataset, tmp_path / "whole", files)
+    whole = graphs_of(dataset, tmp_path / "whole", files, **options)
     guard(monkeypatch)
-    streamed = graphs_of(dataset, tmp_path / "streamed", files, stream=True)
+    streamed = graphs_of(dataset, tmp_path / "streamed", files, stream=True, **options)
     for name, graph in whole.items():
         assert streamed[name].query_ids == IDS and streamed[name].pool_ids == graph.pool_ids
         assert set(POOL_IDS) <= set(graph.pool_ids)
