@@ -148,7 +148,8 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
 @click.option("--k", default=5, show_default=True, help="Neighbours per tweet.")
 @click.option("--pool", type=click.Choice(["all", "train"]), default="all", show_default=True,
               help="Candidate images: all splits (the paper's transductive setting; images, never "
-                   "labels) or train only (inductive).")
+                   "labels) or train only (inductive); the unlabelled pool split's, if any, in "
+                   "both.")
 @click.option("--features", multiple=True, type=click.Path(path_type=Path),
               help="A feature manifest.json or .h5 files (repeat) "
                    "[default: <artifacts>/features/<dataset>/manifest.json].")

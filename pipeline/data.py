@@ -3,12 +3,20 @@
 One dataset is one table keyed by ``item_id`` (the tweet's IMGID, unique across splits). The split
 files are ``train``/``valid``/``test`` with ``.txt`` (UMT CoNLL) or ``.jsonl`` (JSON lines; both
 formats are described in ``formats``); a folder holding both is refused. The entity types are read
-from the training split (``labels.LabelSet``). Every reader either returns all the data of a file
-or raises ``DataFormatError`` naming the file, the line and the fix: no tweet is ever dropped
-silently.
+from the training split (``labels.LabelSet``).
+
+An optional fourth file, ``pool`` (same format), holds unlabelled text-image pairs that are
+neighbour candidates only: extracted like every item and searched by build-graphs, but never
+queries, never trained on, scored or tagged. Its tags are optional and never read: a JSON lines
+pool may leave out ``tags`` (in every example or none), a UMT pool may give the token alone on a
+line (no tab; every line or none) or ``token<TAB>anything``. Its types never enter the label set.
+
+Every reader either returns all the data of a file or raises ``DataFormatError`` naming the file,
+the line and the fix: no tweet is ever dropped silently.
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -16,18 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataFormatError, MissingInput, UnsafeItemId
-from .formats import Tweet, check_item_id, check_types, read_jsonl, read_lines, read_umt
+from .formats import (IgnoredTags, Tweet, check_item_id, check_types, read_jsonl, read_lines,
+                      read_umt)
 from .labels import LabelSet, TagReader
 
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "valid", "test")     # the labelled splits: queries, trained on, scored
+POOL = "pool"                           # the optional unlabelled split: neighbour candidates only
+ALL_SPLITS = (*SPLITS, POOL)
 FORMATS = {"umt": ".txt", "jsonl": ".jsonl"}  # split file extension of each format
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".JPG", ".JPEG", ".PNG")
 
 
 @dataclass
 class Dataset:
-    """All splits of one dataset, its label set, plus the optional image views (captions, image
-    files)."""
+    """All splits of one dataset (``pool`` among them when it has one: ``labelled_splits`` leaves
+    it out), its label set, plus the optional image views (captions, image files)."""
 
     name: str
     root: Path
@@ -43,12 +54,23 @@ class Dataset:
         return self.labels
 
     def tweets(self, split: str | None = None) -> list[Tweet]:
+        """The tweets of ``split``, or of every split (the pool last): every item extract sees."""
         if split is not None:
             return self.splits[split]
-        return [t for name in SPLITS if name in self.splits for t in self.splits[name]]
+        return [t for name in ALL_SPLITS if name in self.splits for t in self.splits[name]]
 
     def item_ids(self, split: str | None = None) -> list[str]:
         return [t.item_id for t in self.tweets(split)]
+
+    def labelled_splits(self) -> dict[str, list[Tweet]]:
+        """The labelled splits (all but the pool): the items that are tagged, trained on or
+        scored, and the queries of the neighbour graphs."""
+        return {name: tweets for name, tweets in self.splits.items() if name != POOL}
+
+    def query_ids(self) -> list[str]:
+        """The ids of the labelled splits' items (``item_ids()`` without the pool's): the
+        queries of the neighbour graphs and the rows of the trainer's per-item arrays."""
+        return [t.item_id for name in SPLITS if name in self.splits for t in self.splits[name]]
 
 
 def caption_item_id(name: str, path, lineno: int | None) -> str:
@@ -192,8 +214,9 @@ def default_image_dir(data_dir) -> Path | None:
 
 
 def split_files(root: Path, splits=SPLITS) -> tuple[str, list[Path]]:
-    """The format (``umt`` or ``jsonl``) of the dataset in ``root`` and its split files."""
-    found = {fmt: [root / f"{s}{ext}" for s in splits if (root / f"{s}{ext}").is_file()]
+    """The format (``umt`` or ``jsonl``) of the dataset in ``root`` and its split files (the
+    optional pool file is ``pool_file``'s)."""
+    found = {fmt: [root / f"{s}{ext}" for s in (*splits, POOL) if (root / f"{s}{ext}").is_file()]
              for fmt, ext in FORMATS.items()}
     if found["umt"] and found["jsonl"]:
         names = ", ".join(p.name for p in found["umt"] + found["jsonl"])
@@ -209,6 +232,22 @@ def split_files(root: Path, splits=SPLITS) -> tuple[str, list[Path]]:
     return fmt, [root / f"{name}{FORMATS[fmt]}" for name in splits]
 
 
+def pool_file(root: Path, fmt: str) -> Path | None:
+    """The optional pool split file of the folder (in the folder's format), if there is one."""
+    path = Path(root, f"{POOL}{FORMATS[fmt]}")
+    return path if path.is_file() else None
+
+
+def read_pool(path: Path, fmt: str) -> list[Tweet]:
+    """The pool's tweets, tags left out: a JSON lines pool may omit ``tags``, a UMT pool may give
+    tokens alone (every line or none); tags that are given are not read (``IgnoredTags``)."""
+    if fmt == "jsonl":
+        tweets = read_jsonl(path, POOL, IgnoredTags(), require_tags=False, require_ids=True)
+    else:
+        tweets = read_umt(path, POOL, IgnoredTags(), require_tags=False)
+    return [dataclasses.replace(t, tags=()) for t in tweets]
+
+
 def image_refs(tweets) -> dict[str, str]:
     """Item id -> the id its image and caption are filed under (the JSON lines ``image`` field
     without its extension, else the item id)."""
@@ -221,8 +260,8 @@ def image_refs(tweets) -> dict[str, str]:
 
 
 def load_dataset(data_dir, captions=None, image_dir=None, splits=SPLITS) -> Dataset:
-    """Read the splits of ``data_dir`` (``.txt`` UMT or ``.jsonl``), their label set (the types
-    of the training split) and the optional image views."""
+    """Read the splits of ``data_dir`` (``.txt`` UMT or ``.jsonl``) and its pool split when there
+    is one, the label set (the types of the training split) and the optional image views."""
     root = Path(data_dir)
     if not root.is_dir():
         raise MissingInput("data directory not found", path=root, setting="data_dir",
@@ -231,6 +270,9 @@ def load_dataset(data_dir, captions=None, image_dir=None, splits=SPLITS) -> Data
     paths = dict(zip(splits, files))
     read, reader = (read_jsonl if fmt == "jsonl" else read_umt), TagReader()
     tables = {name: read(path, name, reader) for name, path in paths.items()}
+    pool = pool_file(root, fmt)
+    if pool is not None:                # unlabelled: its own reader, nothing enters ``reader``
+        paths[POOL], tables[POOL] = pool, read_pool(pool, fmt)
     owner: dict[str, str] = {}
     for name, tweets in tables.items():
         for tweet in tweets:
@@ -243,7 +285,7 @@ def load_dataset(data_dir, captions=None, image_dir=None, splits=SPLITS) -> Data
             owner[tweet.item_id] = name
     source = tables["train"] if "train" in tables else [t for ts in tables.values() for t in ts]
     labels = reader.label_set(t.tags for t in source)
-    for name in [n for n in tables if n != "train"]:  # no type the tagger cannot predict
+    for name in [n for n in tables if n not in ("train", POOL)]:  # no type it cannot predict
         check_types(tables[name], paths[name], labels)
     dataset = Dataset(root.resolve().name, root, tables, labels, format=fmt)
     refs = image_refs(dataset.tweets())

@@ -8,7 +8,8 @@
     ``_ - .``, no ``/``);
   - ``tokens`` (list of strings, not empty);
   - ``tags`` (list of strings, one per token): BIO (or IOBES / BILOU) tags with any type names;
-    required in a dataset split, optional in a file to tag (then all examples or none);
+    required in a dataset's labelled splits, optional in its pool split and in a file to tag
+    (then all examples or none);
   - ``image`` (string, optional): the image's file name (``abc.jpg``) or id (``abc``) in the image
     folder; the item id when absent (the UMT convention).
 
@@ -52,6 +53,14 @@ class Tweet:
     split: str = ""
     line: int = 0
     image: str | None = None
+
+
+class IgnoredTags:
+    """The tag reader of a file whose tags are never used (a dataset's pool split): every tag
+    reads as ``O``, unchecked, and leaves no trace in the dataset's scheme or spelling."""
+
+    def read(self, tag: str, path, line: int) -> str:
+        return "O"
 
 
 def check_item_id(item_id: str, where: str = "") -> str:
@@ -150,19 +159,20 @@ def _token_line(path, lineno: int, line: str, require_tags: bool) -> tuple[str, 
 
 
 def read_jsonl(path, split: str = "", reader: TagReader | None = None,
-               require_tags: bool = True) -> list[Tweet]:
+               require_tags: bool = True, require_ids: bool | None = None) -> list[Tweet]:
     """Read a JSON lines file (the fields are in the module docstring).
 
     ``require_tags=False`` (a file to tag): ``tags`` may be left out, in every example or none,
-    and so may ``id`` (``line-<n>``).
+    and so may ``id`` (``line-<n>``) unless ``require_ids`` (default: as ``require_tags``).
     """
+    require_ids = require_tags if require_ids is None else require_ids
     path, reader = Path(path), reader or TagReader()
     tweets: list[Tweet] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue
-        tweet = _jsonl_example(path, lineno, line, split, reader, require_tags)
+        tweet = _jsonl_example(path, lineno, line, split, reader, require_tags, require_ids)
         if tweet.item_id in seen:
             raise DataFormatError(path, lineno, f"field 'id': duplicate id {tweet.item_id!r} "
                                   f"(first at line {seen[tweet.item_id]}); each example needs its "
@@ -176,7 +186,7 @@ def read_jsonl(path, split: str = "", reader: TagReader | None = None,
     return tweets
 
 
-def _jsonl_example(path, lineno, line, split, reader, require_tags) -> Tweet:
+def _jsonl_example(path, lineno, line, split, reader, require_tags, require_ids) -> Tweet:
     def bad(problem, value=None):
         return DataFormatError(path, lineno, problem, value=value)
 
@@ -190,7 +200,7 @@ def _jsonl_example(path, lineno, line, split, reader, require_tags) -> Tweet:
     if unknown:
         raise bad(f"unknown field {unknown[0]!r}; the fields are {', '.join(JSONL_FIELDS)}",
                   unknown[0])
-    item_id = record.get("id", None if require_tags else f"line-{lineno}")
+    item_id = record.get("id", None if require_ids else f"line-{lineno}")
     if item_id is None:
         raise bad("field 'id' is missing; every example needs an id")
     if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):

@@ -5,7 +5,9 @@ tweet's image ("img2img", our ``intra``), pool = all splits. They become ``inter
 ``intra-rgcn`` graph files in the same format as ours (``graph_store.py``), so the trainer can run
 on the paper's exact graphs. Tweets with no record (the authors lost the last tweet of each 2015
 split) are flagged; neighbour ids that are not tweets of the dataset are kept, appended to
-``pool_id`` and listed in the ``pool_unknown`` attribute (no features exist for them).
+``pool_id`` and listed in the ``pool_unknown`` attribute (no features exist for them). The queries
+are the labelled splits' tweets; a dataset's ``pool`` split has no lists of its own (its items
+are only neighbour candidates) but its ids are known pool items.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ FIELDS = {"inter": ("text_scores", "text_ids", "img2text"),
 
 
 def rgcn_files(dataset: Dataset, rgcn_dir) -> dict[str, Path]:
-    paths = {split: Path(rgcn_dir) / f"{split}_2.txt" for split in dataset.splits}
+    paths = {split: Path(rgcn_dir) / f"{split}_2.txt" for split in dataset.labelled_splits()}
     for path in paths.values():
         if not path.is_file():
             raise MissingInput("file not found; the R-GCN lists are rgcn/{train,valid,test}_2.txt "
@@ -58,10 +60,10 @@ def _read_checked(dataset: Dataset, paths: dict[str, Path]):
 
 def _relation_graph(relation, dataset: Dataset, records, flag, inputs, fp) -> Graph:
     score_field, id_field, name = FIELDS[relation]
-    queries = dataset.item_ids()
-    known = set(queries)
+    queries, items = dataset.query_ids(), dataset.item_ids()     # items: the pool split's too
+    known = set(items)
     unknown = Counter(j for r in records.values() for j in getattr(r, id_field) if j not in known)
-    pool_ids = queries + sorted(unknown)
+    pool_ids = items + sorted(unknown)
     row = {item: r for r, item in enumerate(pool_ids)}
     I = np.full((len(queries), NEIGHBOURS), -1, np.int64)
     D = np.full((len(queries), NEIGHBOURS), np.nan, np.float32)
@@ -94,7 +96,7 @@ def import_rgcn(dataset: Dataset, rgcn_dir, artifacts, *, overwrite=False) -> li
     results, todo = [], {}
     for relation in FIELDS:
         fp = fingerprint({"format": FORMAT_VERSION, "relation": relation, "source": "rgcn",
-                          "queries": ids_fingerprint(dataset.item_ids()),
+                          "queries": ids_fingerprint(dataset.query_ids()),
                           "inputs": store.inputs_digest(inputs)})
         path = graph_path(artifacts, store.dataset_key(dataset), relation, "rgcn", fp)
         if reusable(path, fp, overwrite):

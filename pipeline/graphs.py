@@ -14,12 +14,16 @@
 
 Cosine similarity (inner product of L2-normalised vectors), exact search by default (see
 ``search.py``). The pool is every image of the dataset (``pool="all"``, the paper's transductive
-setting: images, never labels) or the train images only (``pool="train"``, inductive). A query with
-no usable vector (``valid=False``, all-zero) gets no neighbours and is flagged; such pool images are
-left out. The tweet's own image and exact duplicates of it (same ``content_sha256``) are never
-neighbours. ``hubness="csls"`` ranks by CSLS, 2cos(q,b) - r_q - r_b (r: mean cosine to one's
-``csls_k`` nearest on the other side), exactly, through an augmented inner product; ``D`` keeps
-the cosine of the chosen neighbours as edge weight.
+setting: images, never labels) or the train images only (``pool="train"``, inductive); either way
+it includes the dataset's unlabelled ``pool`` split when it has one (external pairs, not test
+data). The queries are the labelled splits' items only (``Dataset.query_ids``): a pool split of
+a million pairs costs a million pool rows, not a million searches (with CSLS, the pool side's
+radius r_b is measured against those queries). A query with no usable vector (``valid=False``,
+all-zero) gets no neighbours and is flagged; such pool images are left out. The tweet's own image
+and exact duplicates of it (same ``content_sha256``) are never neighbours. ``hubness="csls"``
+ranks by CSLS, 2cos(q,b) - r_q - r_b (r: mean cosine to one's ``csls_k`` nearest on the other
+side), exactly, through an augmented inner product; ``D`` keeps the cosine of the chosen
+neighbours as edge weight.
 
 Ties: sparse object-type vectors give massive exact ties (most images share {person}); any exact
 search then returns the lowest pool rows, and one image becomes a hub by row order alone (54% of
@@ -59,7 +63,7 @@ import numpy as np
 
 from . import store
 from .artifacts import fingerprint, ids_fingerprint
-from .data import Dataset
+from .data import POOL, Dataset
 from .distributed import Distributed
 from .errors import InvalidConfig, MissingInput, MnerError, SpaceMismatch
 from .features import load_manifest, read_feature_rows, read_features
@@ -80,7 +84,7 @@ DEFAULT_RELATIONS = ("inter", "intra")
 VIEWS = {"inter": ("text", "image_global"), "intra": ("object_types", "object_types"),
          "text": ("text", "text")}
 INTRA_VIEWS = ("object_types", "image_global")     # what the intra graph compares (intra_view)
-POOLS = {"all": ("train", "valid", "test"), "train": ("train",)}
+POOLS = {"all": ("train", "valid", "test", POOL), "train": ("train", POOL)}   # candidate splits
 HUBNESS = ("none", "csls")
 TIES = ("random", "index")
 
@@ -262,7 +266,7 @@ def _usable(view: _View, ids: list[str]):
 def _fingerprint(relation, dataset: Dataset, pool_ids, inputs, config: GraphConfig,
                  views: tuple[str, str]) -> str:
     payload = {"format": FORMAT_VERSION, "relation": relation, "source": "ours",
-               "queries": ids_fingerprint(dataset.item_ids()),
+               "queries": ids_fingerprint(dataset.query_ids()),
                "pool_candidates": ids_fingerprint(pool_ids), "recipe": config.recipe(),
                "inputs": inputs}
     if views != VIEWS[relation]:      # only then: the fixed views' graphs keep their fingerprint
@@ -306,7 +310,8 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
         raise SpaceMismatch(f"{relation} graph: {qv.name} features are in space {qv.space!r} but "
                             f"{bv.name} features in {bv.space!r}; extract both with the same "
                             "encoder/bridge")
-    candidates = [i for split in POOLS[config.pool] for i in dataset.item_ids(split)]
+    candidates = [i for split in POOLS[config.pool] if split in dataset.splits
+                  for i in dataset.item_ids(split)]
     inputs = {**qv.inputs, **bv.inputs, **{f"features:{v.name}": {
         "file": v.path.name, "sha256": v.fingerprint} for v in (qv, bv)}}
     fp = _fingerprint(relation, dataset, candidates, inputs, config, names)
@@ -314,7 +319,7 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
     name = manifest_key(relation, "ours", config.pool, config.intra_view)
     if reusable(path, fp, overwrite):
         return BuildResult(name, path, reused=True)
-    queries = dataset.item_ids()
+    queries = dataset.query_ids()
     q_rows, q_ok, reasons = _usable(qv, queries)
     b_rows, b_ok, _ = _usable(bv, candidates)
     pool_ids = [item for item, ok in zip(candidates, b_ok) if ok]

@@ -14,7 +14,8 @@ An artefact's fingerprint is made from the content of what it was made from, nev
 
 Every artefact records its inputs in the ``inputs`` attribute, ``{name: {"sha256": ..., ...}}``:
 
-- data inputs: ``train.txt`` / ``valid.txt`` / ``test.txt`` (the split's item ids and tokens),
+- data inputs: ``train.txt`` / ``valid.txt`` / ``test.txt`` / ``pool.txt`` (the split's item ids
+  and tokens; ``pool.txt`` only for a dataset with a pool split),
   ``captions`` (each item's caption; ``path`` records the file), ``images`` (each item's image
   bytes; ``path`` records the folder);
 - upstream artefacts: ``features:<view>`` (the fingerprint of the feature file read).
@@ -39,7 +40,8 @@ from .errors import CacheMismatch, MissingInput, StaleArtifact  # noqa: F401 (St
 
 JSON_KEYS = "json_attrs"               # the attribute naming the attributes stored as JSON
 LEGACY_JSON = ("encoder", "config", "environment", "inputs", "pool_unknown", "notes")
-SPLIT_FILES = {"train": "train.txt", "valid": "valid.txt", "test": "test.txt"}
+SPLIT_FILES = {"train": "train.txt", "valid": "valid.txt", "test": "test.txt",
+               "pool": "pool.txt"}     # pool: recorded only for a dataset that has one
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 

@@ -12,10 +12,11 @@ text points to, ``intra`` through the images like its own, ``text`` by tweet sim
 
 With ``model.context_labels`` the neighbours that are *train* tweets bring their gold entity spans,
 marked inline around the span's words: ``[PER Barack Obama ] visits [LOC Paris ]`` (the type as the
-data spells it, conlleval spans). Neighbours from valid or test, and tweets outside the dataset,
-bring their words only: their labels never travel (``tweet_words``). A train tweet's own labels
-cannot reach it this way (the graphs exclude the tweet itself), but a duplicate of it in train
-can, as a labelled train neighbour can for a test tweet: that is the point of the variant.
+data spells it, conlleval spans). Neighbours from valid or test or the unlabelled pool split, and
+tweets outside the dataset, bring their words only: their labels never travel (``tweet_words``).
+A train tweet's own labels cannot reach it this way (the graphs exclude the tweet itself), but a
+duplicate of it in train can, as a labelled train neighbour can for a test tweet: that is the
+point of the variant.
 Without ``context_labels`` neighbours are never labels: only words travel.
 """
 from __future__ import annotations
@@ -35,11 +36,12 @@ def load_context(path: Path, dataset, k: int, pool: str) -> tuple[dict[str, list
     """``({item: [neighbour tweet ids, best first, at most k]}, record)`` from one graph file.
 
     Neighbours without a tweet in the dataset (the authors' pool holds a few ids with no tweet)
-    are skipped, so the next one takes the place."""
+    are skipped, so the next one takes the place. The items are the labelled splits' (the
+    queries); neighbours may be tweets of the pool split too."""
     graph = read_graph(path)
     check_graph(graph, path, dataset, pool)
-    items = dataset.item_ids()
-    tweets = set(items)
+    items = dataset.query_ids()
+    tweets = set(dataset.item_ids())
     ids, _ = graph.neighbours(items)
     context = {item: [n for n in found if n in tweets][:k] for item, found in zip(items, ids)}
     short = sum(len(found) < k for found in context.values())

@@ -10,7 +10,9 @@ rebuilds the rest from the recorded files (runs without a ``pool.h5``, see ``tra
 
 Node features: the run's ``node_view``, or with ``auto`` the region grids when they were extracted
 and the ``image_global`` vectors otherwise. Neighbours and own images without a valid vector are
-masked (-1), and counted in the record.
+masked (-1), and counted in the record. The per-item arrays (own image, neighbours) have a row per
+labelled item (``Dataset.query_ids``); the items of a ``pool`` split take no row there, while the
+node table (the feature file's rows) holds their images: they are neighbours.
 """
 from __future__ import annotations
 
@@ -168,7 +170,7 @@ def build_inputs(dataset: Dataset, files: dict[str, Path], k: int, pool: str,
         raise InvalidConfig(f"{where}: holds {view} features; node features must be "
                             f"{node_view if node_view != 'auto' else ' or '.join(NODE_VIEWS)}")
     row_of = {item: row for row, item in enumerate(features.item_ids)}
-    items = dataset.item_ids()
+    items = dataset.query_ids()     # the pool split's items are table rows (neighbours), not items
     missing = [i for i in items if i not in row_of]
     if missing:
         raise CacheMismatch(f"has no row for {len(missing)} item(s) of {dataset.name} "

@@ -92,7 +92,7 @@ def make_splits(inputs: TrainInputs, tokenizer, config: TrainConfig, label2id,
     splits = {}
     words = (tweet_words(inputs.dataset, model.context_labels) if inputs.context is not None
              else None)
-    for name, tweets in inputs.dataset.splits.items():
+    for name, tweets in inputs.dataset.labelled_splits().items():     # never the pool split
         if only is not None and name != only:
             continue
         context = None if words is None else context_ids(
@@ -351,9 +351,9 @@ def load_saved_split(run_dir, split: str, device: str = "auto", data_dir=None) -
                            hint="give a folder under <artifacts>/runs/")
     config = TrainConfig.from_json(run_dir / "config.json")
     inputs = run_inputs(run_dir, config, data_dir)
-    if split not in inputs.dataset.splits:
+    if split not in inputs.dataset.labelled_splits():
         raise InvalidConfig(f"unknown split {split!r}; use one of "
-                            f"{', '.join(inputs.dataset.splits)}")
+                            f"{', '.join(inputs.dataset.labelled_splits())}")
     torch_device = resolve_device(device)
     model, tokenizer, meta = load_tagger(run_dir, torch_device)
     if model.node_shape and tuple(inputs.image.node_shape) != model.node_shape:
