@@ -173,8 +173,8 @@ def extract(data_dir, image_dir, captions, views, keep_urls, quiet, **options):
 @click.option("--backend", type=click.Choice(["auto", "faiss", "torch"]), default="auto",
               show_default=True, help="Exact search backend (all give the same neighbours).")
 @click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True), default=8.0,
-              show_default=True, help="Larger query + pool tables (float32) are read from the "
-              "feature files a block at a time instead of whole (exact either way).")
+              show_default=True, help="Host memory for one relation's search: a larger one reads "
+              "the feature files a block at a time instead of whole (exact either way).")
 @click.option("--plot", type=click.Path(path_type=Path), default=None,
               help="Also write k-occurrence histograms to this PNG.")
 @click.option("--overwrite", is_flag=True, help="Replace graph files that differ.")

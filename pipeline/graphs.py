@@ -38,7 +38,7 @@ blocks of the pool, the ranks merge their top-k (``sharded_search``), rank 0 wri
 files are the ones one process writes (same fingerprints, same neighbours).
 
 Memory: where the search is ``sharded_search`` (under ``torchrun``, ``ties="index"``, or a
-relation whose query and pool tables exceed ``memory_gb`` as float32: ``graph_rank.streams``)
+relation whose whole-table search would take more than ``memory_gb``: ``graph_rank.streams``)
 build-graphs streams. The feature files are read by rows
 (``read_feature_rows``): a validity pass per file, then blocks of queries and of the pool through
 row views (``row_views.FileRows``, CSLS and tie columns appended per block); the cosine of the
@@ -94,13 +94,20 @@ def _check(condition: bool, message: str) -> None:
         raise InvalidConfig(message)
 
 
+# Peak host memory of the whole-table search over its float32 query and pool tables (the tables
+# read whole, their normalised copies, the stacked tie columns): 3.1-3.4x measured by
+# bench/bench_pool.py (50k items, 384-d, 2-core CPU); 4 leaves room for the search's buffers.
+IN_MEMORY_FACTOR = 4
+
+
 @dataclass(frozen=True)
 class GraphConfig:
     """How graphs are built. ``relations=()`` builds none of ours (import only). ``backend``,
     ``device``, ``recall_sample``, ``memory_gb`` and ``stream`` do not change exact results (the
     neighbours are exact either way, up to float32 rounding of near-ties) and are not in the
-    fingerprint. A relation whose query and pool tables would take more than ``memory_gb`` as
-    float32 is streamed from its feature files (as under torchrun); ``stream`` forces that."""
+    fingerprint. A relation whose whole-table search would take more than ``memory_gb`` (host
+    memory, ``IN_MEMORY_FACTOR`` times its query and pool tables as float32) is streamed from its
+    feature files (as under torchrun); ``stream`` forces that."""
 
     k: int = 5
     pool: str = "all"
@@ -301,7 +308,7 @@ def build_relation(relation: str, dataset: Dataset, views: dict[str, Path], arti
     (``dist``) every rank searches its share of the pool and rank 0 writes the file."""
     cache, dist = ({} if _cache is None else _cache), dist or Distributed()
     names = relation_views(relation, config.intra_view)
-    if _table_bytes(views, names) > config.memory_gb * 1e9:
+    if IN_MEMORY_FACTOR * _table_bytes(views, names) > config.memory_gb * 1e9:
         config = dataclasses.replace(config, stream=True)
     stream = streams(config, dist)
     qv, bv = (_load_view(views, name, dataset, artifacts, cache.setdefault(stream, {}), stream)
