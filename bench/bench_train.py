@@ -72,6 +72,42 @@ def synthetic_image(item_ids: list[str], shape: tuple[int, ...], k: int, seed: i
                        score.copy(), view="region_grid" if len(shape) == 2 else "image_global")
 
 
+def node_file(folder: Path, rows: int, shape: tuple[int, ...], seed: int = 0) -> Path:
+    """A float16 feature file of ``rows`` random node rows of ``shape`` (written a block at a time
+    through ``FeatureWriter``; a complete one from an earlier run is reused)."""
+    from pipeline.features import FeatureWriter
+
+    path = folder / f"nodes-{rows}-{'x'.join(map(str, shape))}.h5"
+    if path.is_file():
+        return path
+    attrs = {"view": "region_grid" if len(shape) == 2 else "image_global", "source": "bench",
+             "fingerprint": f"bench-nodes-{rows}-{shape}-{seed}"}
+    writer = FeatureWriter(path, [f"n{i:09d}" for i in range(rows)], attrs, dtype=np.float16)
+    block = max(1, (256 << 20) // (2 * int(np.prod(shape))))      # 256 MB per write
+    for first in range(0, rows, block):
+        index = np.arange(first, min(rows, first + block))
+        x = np.random.default_rng([seed, first]).standard_normal((len(index), *shape),
+                                                                 dtype=np.float32)
+        writer.write(index, x, np.ones(len(index), bool), [""] * len(index))
+    return writer.finish()
+
+
+def file_image(item_ids: list[str], path: Path, k: int, seed: int = 0) -> ImageInputs:
+    """The node table read by rows from ``path`` (``FeatureRows``, never whole: the host-table
+    path of ``cli.py train``), the items' own rows its first rows, random neighbours among all."""
+    from pipeline.features import read_feature_rows
+
+    table = read_feature_rows(path).features
+    n, m = len(item_ids), table.shape[0]
+    if m < n:
+        raise SystemExit(f"--node-rows {m} is below the dataset's {n} items (their own rows)")
+    rng = np.random.default_rng(seed)
+    score = rng.uniform(0.3, 0.9, size=(n, k)).astype(np.float32)
+    return ImageInputs(item_ids, table, np.arange(n), rng.integers(0, m, (n, k)), score,
+                       rng.integers(0, m, (n, k)), score.copy(),
+                       view="region_grid" if len(table.shape) == 3 else "image_global")
+
+
 def subset(inputs: TrainInputs, train: int | None, valid: int) -> TrainInputs:
     """The first ``train`` train tweets and ``valid`` valid tweets (image rows kept by id)."""
     dataset = copy.copy(inputs.dataset)
@@ -169,8 +205,14 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=OptimConfig.batch_size)
     parser.add_argument("--limit", type=int, default=None, help="Train tweets used (default all).")
     parser.add_argument("--valid", type=int, default=64, help="Valid tweets scored per epoch.")
-    parser.add_argument("--nodes", choices=("auto", "cached", "synthetic"), default="auto",
-                        help="auto: the cache when extract/build-graphs ran, else synthetic.")
+    parser.add_argument("--nodes", choices=("auto", "cached", "synthetic", "file"),
+                        default="auto", help="auto: the cache when extract/build-graphs ran, "
+                        "else synthetic; file: a float16 file of --node-rows random rows, read "
+                        "by rows (host table).")
+    parser.add_argument("--node-rows", type=int, default=100_000,
+                        help="Rows of the --nodes file table (the pool size).")
+    parser.add_argument("--node-dir", type=Path, default=Path("/tmp"),
+                        help="Where the --nodes file table is written (kept for reuse).")
     parser.add_argument("--node-shape", default="384", help="Synthetic node shape: 384 or 49x1280.")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     parser.add_argument("--no-cuda-graphs", action="store_true",
@@ -202,7 +244,13 @@ def bench_inputs(args, base: TrainConfig, log: bool = True) -> tuple[TrainInputs
     if inputs is None:
         dataset = load_dataset(args.data_dir)
         shape = tuple(int(x) for x in args.node_shape.split("x"))
-        inputs = TrainInputs(dataset, synthetic_image(dataset.item_ids(), shape, base.model.k))
+        if args.nodes == "file":
+            path = node_file(args.node_dir, args.node_rows, shape)
+            source = f"file of {args.node_rows:,} x {args.node_shape} float16 rows (host table)"
+            inputs = TrainInputs(dataset, file_image(dataset.item_ids(), path, base.model.k))
+        else:
+            inputs = TrainInputs(dataset, synthetic_image(dataset.item_ids(), shape,
+                                                          base.model.k))
     return subset(inputs, args.limit, args.valid), source
 
 
@@ -214,6 +262,8 @@ def main(argv=None) -> dict:
                        optim=OptimConfig(epochs=args.epochs, batch_size=args.batch_size,
                                          patience=args.epochs,
                                          cuda_graphs=not args.no_cuda_graphs))
+    if args.nodes == "file":      # the table stays in its file, whatever its size
+        base = base.with_overrides(node_table="host")
     if args.ddp:
         return ddp_main(args, base)
     inputs, source = bench_inputs(args, base)
@@ -242,7 +292,21 @@ def common(args, inputs: TrainInputs, source: str, steps: int) -> dict:
     return {"machine": machine(args.device), "device": args.device, "encoder": args.encoder,
             "dataset": inputs.dataset.name, "train_tweets": len(inputs.dataset.splits["train"]),
             "batch_size": args.batch_size, "epochs": args.epochs, "steps_per_epoch": steps,
-            "nodes": source, "precision": args.precision}
+            "nodes": source, "precision": args.precision, "peak_rss_mb": peak_rss_mb(),
+            "device_max_allocated_mb": device_peak_mb(args.device)}
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+
+
+def device_peak_mb(device: str) -> float | None:
+    import torch
+
+    return (round(torch.cuda.max_memory_allocated(device) / 2 ** 20)
+            if device.startswith("cuda") else None)
 
 
 def report(result: dict, text: str, out: Path | None) -> dict:
@@ -303,7 +367,8 @@ def table(result: dict) -> str:
              f"{result['batch_size']} ({result['steps_per_epoch']} steps), encoder "
              f"{result['encoder']}, nodes {result['nodes']}, {result['rounds']} round(s) x "
              f"{result['epochs']} epochs, steps "
-             f"{'CUDA graphs' if result.get('cuda_graphs') else 'eager'}",
+             f"{'CUDA graphs' if result.get('cuda_graphs') else 'eager'}; peak RSS "
+             f"{result['peak_rss_mb']:,} MB, device {result['device_max_allocated_mb']} MB",
              "| model | parameters | s / epoch (min) | s / epoch (median) | ms / step (min) "
              "| ratio to text-only (min) |", "|---|---|---|---|---|---|"]
     for row in result["rows"]:

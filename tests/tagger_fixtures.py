@@ -4,6 +4,7 @@ tiny dataset."""
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,6 +122,21 @@ def tiny_pipeline(tmp_path_factory, tiny_encoder):
 def train_args(data, artifacts, encoder, *extra):
     return ("train", "--data-dir", data, "--artifacts", artifacts, "--encoder", encoder, "--k", 3,
             "--epochs", 2, "--batch-size", 4, "--quiet", *extra)
+
+
+def extract_graphs_train(data, artifacts, encoder, epochs: int = 2):
+    """The real ``extract``, ``build-graphs --k 3`` and ``train`` of ``data`` into ``artifacts``
+    (each must succeed); the one run folder."""
+    for args in (("extract", "--data-dir", data, "--artifacts", artifacts, "--text-encoder",
+                  encoder, "--quiet"),
+                 ("build-graphs", "--data-dir", data, "--artifacts", artifacts, "--k", 3,
+                  "--quiet"),
+                 ("train", "--data-dir", data, "--artifacts", artifacts, "--encoder", encoder,
+                  "--k", 3, "--epochs", epochs, "--batch-size", 4, "--quiet")):
+        result = invoke(*args)
+        assert result.exit_code == 0, (args[0], result.output)
+    (run,) = (Path(artifacts) / "runs").iterdir()
+    return run
 
 
 @pytest.fixture(scope="session")

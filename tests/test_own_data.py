@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 from conlleval_port import conlleval
-from tagger_fixtures import invoke, tiny_encoder  # noqa: F401
+from tagger_fixtures import extract_graphs_train, invoke, tiny_encoder  # noqa: F401
 from pipeline.labels import LabelSet
 
 OWN = ROOT / "tests" / "fixtures" / "own"
@@ -24,16 +24,7 @@ def own_run(request, tmp_path_factory, tiny_encoder):
     root = tmp_path_factory.mktemp(f"own-{request.param}")
     data, artifacts = root / "own", root / "artifacts"
     shutil.copytree(OWN / request.param, data)
-    for args in (("extract", "--data-dir", data, "--artifacts", artifacts, "--text-encoder",
-                  tiny_encoder, "--quiet"),
-                 ("build-graphs", "--data-dir", data, "--artifacts", artifacts, "--k", 3,
-                  "--quiet"),
-                 ("train", "--data-dir", data, "--artifacts", artifacts, "--encoder",
-                  tiny_encoder, "--k", 3, "--epochs", 2, "--batch-size", 4, "--quiet")):
-        result = invoke(*args)
-        assert result.exit_code == 0, (args[0], result.output)
-    (run,) = (artifacts / "runs").iterdir()
-    return request.param, data, run
+    return request.param, data, extract_graphs_train(data, artifacts, tiny_encoder)
 
 
 def test_stats_shows_the_made_up_types(tmp_path):

@@ -21,7 +21,8 @@ from pipeline.features import read_features
 from pipeline.graph_store import load_graph_manifest
 from pipeline.graphs import GraphConfig, build_graphs, read_graph
 from pipeline.labels import LabelSet
-from tagger_fixtures import invoke, tiny_encoder  # noqa: F401 (fixture)
+from tagger_fixtures import (extract_graphs_train, invoke,  # noqa: F401 (fixture)
+                             tiny_encoder)
 from test_distributed import free_port
 from test_extract import bert  # noqa: F401 (fixture)
 from test_extract_sharded import assert_same_file, on_two_ranks, options
@@ -215,16 +216,7 @@ def pooled_run(tmp_path_factory, tiny_encoder):
     with open(data / "image_captions" / "captions.txt", "a") as handle:
         handle.write("p201.jpg :a man playing a video game\np202.jpg :football players on a "
                      "field\np203.jpg :blocks falling on a screen\n")
-    for args in (("extract", "--data-dir", data, "--artifacts", artifacts, "--text-encoder",
-                  tiny_encoder, "--quiet"),
-                 ("build-graphs", "--data-dir", data, "--artifacts", artifacts, "--k", 3,
-                  "--quiet"),
-                 ("train", "--data-dir", data, "--artifacts", artifacts, "--encoder",
-                  tiny_encoder, "--k", 3, "--epochs", 1, "--batch-size", 4, "--quiet")):
-        result = invoke(*args)
-        assert result.exit_code == 0, (args[0], result.output)
-    (run,) = (artifacts / "runs").iterdir()
-    return data, artifacts, run
+    return data, artifacts, extract_graphs_train(data, artifacts, tiny_encoder, epochs=1)
 
 
 POOLED = ["p201", "p202", "p203"]
