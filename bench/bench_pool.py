@@ -36,10 +36,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.machine import machine  # noqa: E402
+from bench.synthetic import random_feature_file  # noqa: E402
 
 import pipeline.graphs as graphs  # noqa: E402
 from pipeline.data import Dataset  # noqa: E402
-from pipeline.features import FeatureWriter  # noqa: E402
 from pipeline.formats import Tweet  # noqa: E402
 from pipeline.search import load_faiss  # noqa: E402
 
@@ -55,14 +55,8 @@ def write_pool(folder: Path, n: int, dim: int, seed: int) -> list[Path]:
     for s, (view, name) in enumerate([("text", "text.h5"), ("image_global", "image.h5")]):
         attrs = {"view": view, "space": "sentence:bench", "source": "bench",
                  "fingerprint": f"bench-{n}-{dim}-{seed}-{view}", "dataset": "pool"}
-        writer = FeatureWriter(folder / name, ids, attrs, dtype=np.float16)
-        for first in range(0, n, BLOCK):
-            rows = np.arange(first, min(n, first + BLOCK))
-            x = np.random.default_rng([seed, s, first]).standard_normal((len(rows), dim),
-                                                                          dtype=np.float32)
-            x /= np.linalg.norm(x, axis=1, keepdims=True)
-            writer.write(rows, x, np.ones(len(rows), bool), [""] * len(rows))
-        files.append(writer.finish())
+        files.append(random_feature_file(folder / name, ids, attrs, (dim,), (seed, s), BLOCK,
+                                         unit=True))
     return files
 
 

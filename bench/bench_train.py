@@ -42,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.machine import machine as base_machine  # noqa: E402
+from bench.synthetic import random_feature_file  # noqa: E402
 
 from pipeline.data import load_dataset  # noqa: E402
 from pipeline.distributed import Distributed  # noqa: E402
@@ -75,21 +76,14 @@ def synthetic_image(item_ids: list[str], shape: tuple[int, ...], k: int, seed: i
 def node_file(folder: Path, rows: int, shape: tuple[int, ...], seed: int = 0) -> Path:
     """A float16 feature file of ``rows`` random node rows of ``shape`` (written a block at a time
     through ``FeatureWriter``; a complete one from an earlier run is reused)."""
-    from pipeline.features import FeatureWriter
-
     path = folder / f"nodes-{rows}-{'x'.join(map(str, shape))}.h5"
     if path.is_file():
         return path
     attrs = {"view": "region_grid" if len(shape) == 2 else "image_global", "source": "bench",
              "fingerprint": f"bench-nodes-{rows}-{shape}-{seed}"}
-    writer = FeatureWriter(path, [f"n{i:09d}" for i in range(rows)], attrs, dtype=np.float16)
     block = max(1, (256 << 20) // (2 * int(np.prod(shape))))      # 256 MB per write
-    for first in range(0, rows, block):
-        index = np.arange(first, min(rows, first + block))
-        x = np.random.default_rng([seed, first]).standard_normal((len(index), *shape),
-                                                                 dtype=np.float32)
-        writer.write(index, x, np.ones(len(index), bool), [""] * len(index))
-    return writer.finish()
+    return random_feature_file(path, [f"n{i:09d}" for i in range(rows)], attrs, shape, (seed,),
+                               block)
 
 
 def file_image(item_ids: list[str], path: Path, k: int, seed: int = 0) -> ImageInputs:
