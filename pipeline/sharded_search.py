@@ -114,9 +114,7 @@ def _block_topk(S, k: int):
     ``_tied_topk``."""
     k = min(k, S.shape[1])
     top = torch.topk(S, min(k + 1, S.shape[1]), dim=1)
-    cols = torch.sort(top.indices[:, :k], dim=1).values
-    order = torch.sort(torch.gather(S, 1, cols), dim=1, descending=True, stable=True).indices
-    cols = torch.gather(cols, 1, order)
+    cols = _best_first(S, torch.sort(top.indices[:, :k], dim=1).values)
     if k < S.shape[1]:                              # else every column is taken
         rows = (top.values[:, k - 1] == top.values[:, k]).nonzero()[:, 0]
         if len(rows):
@@ -131,7 +129,12 @@ def _tied_topk(S, k: int):
     tied = S == kth
     need = k - (S > kth).sum(1, keepdim=True)
     keep = (S > kth) | (tied & (torch.cumsum(tied, 1) <= need))
-    cols = keep.nonzero()[:, 1].view(len(S), k)                 # ascending in each row
+    return _best_first(S, keep.nonzero()[:, 1].view(len(S), k))     # ascending in each row
+
+
+def _best_first(S, cols):
+    """``cols`` (ascending in each row) ordered by their score in ``S``, best first, a tie to
+    the lower column (a stable sort)."""
     order = torch.sort(torch.gather(S, 1, cols), dim=1, descending=True, stable=True).indices
     return torch.gather(cols, 1, order)
 
