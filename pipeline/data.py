@@ -238,7 +238,7 @@ def pool_file(root: Path, fmt: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def read_pool(path: Path, fmt: str) -> list[Tweet]:
+def read_pool_split(path: Path, fmt: str) -> list[Tweet]:
     """The pool's tweets, tags left out: a JSON lines pool may omit ``tags``, a UMT pool may give
     tokens alone (every line or none); tags that are given are not read (``IgnoredTags``)."""
     if fmt == "jsonl":
@@ -272,7 +272,7 @@ def load_dataset(data_dir, captions=None, image_dir=None, splits=SPLITS) -> Data
     tables = {name: read(path, name, reader) for name, path in paths.items()}
     pool = pool_file(root, fmt)
     if pool is not None:                # unlabelled: its own reader, nothing enters ``reader``
-        paths[POOL], tables[POOL] = pool, read_pool(pool, fmt)
+        paths[POOL], tables[POOL] = pool, read_pool_split(pool, fmt)
     owner: dict[str, str] = {}
     for name, tweets in tables.items():
         for tweet in tweets:
